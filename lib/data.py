@@ -1,0 +1,447 @@
+"""CIFAR-10 on disk: the official python batches, the Kaggle test pickle, and a synthetic stand-in for tests.
+
+Arrays are numpy: images ``uint8 (N, 32, 32, 3)`` (HWC), labels ``int64 (N,)``. Every pickle is read with
+``restricted_load``: pickles are code, and a downloaded batch or Kaggle file must not be able to run any.
+"""
+from __future__ import annotations
+
+import colorsys
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .common import UserError, atomic_path
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+SMOKE_MARKER = "synthetic"  # key in batches.meta that write_smoke_dataset sets, so a result never passes as CIFAR-10
+KAGGLE_ROWS, KAGGLE_HWC = "kaggle_test.pkl", "kaggle_test_hwc.pkl"
+
+
+@dataclass
+class CifarData:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: Optional[np.ndarray]  # None when the folder has no test_batch (e.g. the JPEG-decoded copy)
+    test_y: Optional[np.ndarray]
+    label_names: tuple[str, ...]
+    source: str  # "cifar10" or "synthetic"
+    root: Path  # the folder holding the batches
+
+
+@dataclass
+class Splits:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    label_names: tuple[str, ...]
+    source: str
+    description: str  # one line for logs, config.json and the report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Restricted unpickling
+# ----------------------------------------------------------------------------------------------------------
+
+# What numpy arrays (and numpy scalars) need, under numpy 1 (numpy.core) and numpy 2 (numpy._core) names;
+# _frombuffer is how protocol-5 pickles spell an array. Plus the builtin containers pickle names by module.
+_SAFE_GLOBALS = {
+    *((mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    *((mod, name) for mod in ("builtins", "__builtin__")  # __builtin__: the Python 2 name
+      for name in ("list", "dict", "tuple", "set", "frozenset", "bytes", "bytearray", "complex")),
+}
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """Protocol-2 pickles from Python 3 spell bytes as ``_codecs.encode(text, "latin1")``; admit only that."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not a plain bytes value")
+    return text.encode("latin1")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="bytes")  # the official batches are Python 2 pickles
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise UserError(f"{self.path}: refusing to unpickle {module}.{name} — "
+                        "only numpy arrays and plain containers are allowed")
+
+
+def restricted_load(path) -> object:
+    """Unpickle ``path`` admitting only numpy arrays and plain containers; any problem is a UserError naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f, path).load()
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except EOFError:
+        raise UserError(f"{path}: truncated pickle (the file ends early; re-download it)") from None
+    except Exception as exc:  # whatever the bytes make the unpickler raise, the file is the problem
+        raise UserError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation of what a pickle holds
+# ----------------------------------------------------------------------------------------------------------
+
+def _str_keys(obj, path) -> dict:
+    """Python 2 pickles give byte-string keys (b"data"), Python 3 ones str keys: accept both."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a dict (with 'data', ...), got {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _entry(d: dict, key: str, path):
+    if key not in d:
+        raise UserError(f"{path}: no '{key}' entry (keys: {', '.join(map(str, d)) or 'none'})")
+    return d[key]
+
+
+def _as_images(data, path, allow_hwc: bool) -> np.ndarray:
+    """Pixel data -> uint8 (N, 32, 32, 3). Rows are N x 3072: the R plane, then G, then B, each row-major."""
+    try:
+        arr = np.asarray(data)
+    except ValueError as exc:  # ragged nested lists
+        raise UserError(f"{path}: image data is not a rectangular array ({exc})") from None
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iu":
+            raise UserError(f"{path}: image data has dtype {arr.dtype}; expected uint8 pixel values 0..255")
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise UserError(f"{path}: pixel values span {arr.min()}..{arr.max()}; expected 0..255 (uint8)")
+        arr = arr.astype(np.uint8)  # e.g. int64 pixels that fit: the values are the same
+    if arr.ndim == 2 and arr.shape[1] == 3072:
+        arr = arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    elif not (allow_hwc and arr.ndim == 4 and arr.shape[1:] == (32, 32, 3)):
+        expected = "N x 3072 (rows) or N x 32 x 32 x 3 (HWC)" if allow_hwc else "N x 3072"
+        raise UserError(f"{path}: image data has shape {' x '.join(map(str, arr.shape))}; expected {expected}")
+    if len(arr) == 0:
+        raise UserError(f"{path}: holds no images")
+    return np.ascontiguousarray(arr)
+
+
+def _as_labels(labels, n: int, path) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != n:
+        raise UserError(f"{path}: {y.shape} labels for {n} images; expected one label per image")
+    if y.dtype.kind not in "iu":
+        raise UserError(f"{path}: labels have dtype {y.dtype}; expected integers 0..9")
+    if y.min() < 0 or y.max() > 9:
+        raise UserError(f"{path}: labels span {y.min()}..{y.max()}; expected 0..9")
+    return y.astype(np.int64)
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _str_keys(restricted_load(path), path)
+    x = _as_images(_entry(d, "data", path), path, allow_hwc=False)
+    return x, _as_labels(_entry(d, "labels", path), len(x), path)
+
+
+def _read_meta(path: Path) -> tuple[tuple[str, ...], bool]:
+    """(label names, whether write_smoke_dataset wrote it). The meta file only names classes: optional."""
+    if not path.is_file():
+        return CIFAR10_CLASSES, False
+    d = _str_keys(restricted_load(path), path)
+    names = d.get("label_names", CIFAR10_CLASSES)
+    if not isinstance(names, (list, tuple, np.ndarray)) or len(names) != 10:
+        raise UserError(f"{path}: 'label_names' should list the 10 CIFAR-10 classes, got {names!r:.80}")
+    names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+    return names, bool(d.get(SMOKE_MARKER, False))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CIFAR-10 in the official python layout
+# ----------------------------------------------------------------------------------------------------------
+
+def _candidates(data_dir: Path) -> list[Path]:
+    return [data_dir / BATCH_DIR, data_dir]  # DATA_DIR/cifar-10-batches-py, or DATA_DIR being that folder
+
+
+def _has_any_cifar_file(data_dir: Path) -> bool:
+    return any((d / name).exists() for d in _candidates(data_dir) for name in (*TRAIN_BATCHES, TEST_BATCH, META))
+
+
+def _complete_dir(data_dir: Path) -> Optional[Path]:
+    return next((d for d in _candidates(data_dir) if all((d / name).is_file() for name in TRAIN_BATCHES)), None)
+
+
+def find_cifar_dir(data_dir) -> Path:
+    """The folder holding data_batch_1..5: ``data_dir/cifar-10-batches-py`` or ``data_dir`` itself."""
+    data_dir = Path(data_dir)
+    if (found := _complete_dir(data_dir)) is not None:
+        return found
+    for d in _candidates(data_dir):  # a partial copy: say exactly what is missing
+        missing = [name for name in TRAIN_BATCHES if not (d / name).is_file()]
+        if len(missing) < len(TRAIN_BATCHES):
+            raise UserError(f"{d}: missing {', '.join(missing)} (the official layout has data_batch_1..5, "
+                            f"{TEST_BATCH} and {META}); re-fetch it with --download")
+    raise UserError(
+        f"no CIFAR-10 found: looked for data_batch_1..5 in {data_dir / BATCH_DIR} and in {data_dir}. "
+        f"Get it with --download (torchvision fetches the official archive into {data_dir}), or offline "
+        f"write it from the JPEG tarball: python ../shared/tools/cifar10_from_jpeg.py "
+        f"../shared/data/cifar10-train-jpeg.tar.gz {data_dir}")
+
+
+def _download(data_dir: Path) -> None:
+    import torchvision.datasets  # only needed here: keeps `import lib.data` light
+
+    root = data_dir.parent if data_dir.name == BATCH_DIR else data_dir  # torchvision adds cifar-10-batches-py/
+    try:
+        torchvision.datasets.CIFAR10(root=str(root), train=True, download=True)
+    except Exception as exc:  # no network, disk full, bad archive: all the user's to fix
+        raise UserError(f"could not download CIFAR-10 into {root}: {exc}") from None
+
+
+def load_cifar10(data_dir, download: bool = False) -> CifarData:
+    """Read the official python batches (also re-encoded copies and the smoke data: no checksums are checked)."""
+    data_dir = Path(data_dir)
+    if download and _complete_dir(data_dir) is None:
+        _download(data_dir)
+    root = find_cifar_dir(data_dir)
+    batches = [_read_batch(root / name) for name in TRAIN_BATCHES]
+    train_x = np.concatenate([x for x, _ in batches])
+    train_y = np.concatenate([y for _, y in batches])
+    del batches
+    test_x = test_y = None
+    if (root / TEST_BATCH).is_file():
+        test_x, test_y = _read_batch(root / TEST_BATCH)
+    label_names, synthetic = _read_meta(root / META)
+    return CifarData(train_x, train_y, test_x, test_y, label_names,
+                     "synthetic" if synthetic else "cifar10", root)
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent seeded streams (hold-out, train subset, val subset): changing one never shifts another."""
+    return np.random.default_rng([stream, seed % 2**32])
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices): ``round(fraction * n_c)`` of each class c held out, seeded, sorted."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    rng = _rng(seed, 0)
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        val.append(rng.permutation(idx)[:int(round(fraction * len(idx)))])
+    val = np.sort(np.concatenate(val))
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    if not len(val) or not len(train):
+        raise ValueError(f"holdout fraction {fraction} of {len(labels)} images leaves an empty split")
+    return train, val
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int = 0, num_classes: int = 10,
+                    stream: int = 1) -> np.ndarray:
+    """Sorted indices of ``size`` images, each class getting floor or ceil of size/num_classes (seeded)."""
+    if size <= 0:
+        raise ValueError(f"subset size must be positive, got {size}")
+    if size > len(labels):
+        raise ValueError(f"{size} requested but only {len(labels)} images are available")
+    rng = _rng(seed, stream)
+    share = np.full(num_classes, size // num_classes)
+    share[rng.choice(num_classes, size % num_classes, replace=False)] += 1  # which classes get the ceil
+    picked = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < share[c]:
+            raise ValueError(f"class {c} has {len(idx)} images, {share[c]} needed for a balanced {size}")
+        picked.append(rng.choice(idx, share[c], replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def load_splits(data_dir, val_source: str = "test", holdout_fraction: float = 0.1, train_size: int | None = None,
+                val_size: int | None = None, seed: int = 0, download: bool = False) -> Splits:
+    """Train and validation arrays as the run config asks, with a one-line description of what they are."""
+    data = load_cifar10(data_dir, download=download)
+    if val_source == "test":
+        if data.test_x is None:
+            raise UserError(f"{data.root / TEST_BATCH} not found: --val-source test needs the official test batch; "
+                            "use --val-source holdout to validate on a stratified hold-out of the training batches")
+        train_x, train_y, val_x, val_y = data.train_x, data.train_y, data.test_x, data.test_y
+        val_what = "official test batch"
+    elif val_source == "holdout":
+        try:
+            tr, va = stratified_holdout(data.train_y, holdout_fraction, seed)
+        except ValueError as exc:
+            raise UserError(f"--holdout-fraction {holdout_fraction}: {exc}") from None
+        train_x, train_y, val_x, val_y = data.train_x[tr], data.train_y[tr], data.train_x[va], data.train_y[va]
+        val_what = f"stratified {holdout_fraction * 100:g}% hold-out of the training batches (seed {seed})"
+    else:
+        raise UserError(f"--val-source {val_source!r}: expected test or holdout")
+
+    def subset(x, y, size, flag, stream):
+        if size is None:
+            return x, y, f"{len(y)}"
+        try:
+            idx = balanced_subset(y, size, seed, len(data.label_names), stream)
+        except ValueError as exc:
+            raise UserError(f"{flag} {size}: {exc}") from None
+        return x[idx], y[idx], f"{size} (class-balanced subset of {len(y)}, seed {seed})"
+
+    train_x, train_y, n_train = subset(train_x, train_y, train_size, "--train-size", 1)
+    val_x, val_y, n_val = subset(val_x, val_y, val_size, "--val-size", 2)
+    what = "synthetic smoke data" if data.source == "synthetic" else "CIFAR-10"
+    description = f"{what} at {data.root}; train {n_train}; val = {val_what}, {n_val}"
+    return Splits(train_x, train_y, val_x, val_y, data.label_names, data.source, description)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) on the [0, 1] scale, from the data (normalisation is computed, not pasted).
+
+    Exact: 256-bin histograms per channel (integer counts, float64 moments), a chunk of images at a time,
+    so 50,000 images never become a float copy.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+        raise ValueError(f"expected uint8 images (N, 32, 32, 3) with N > 0, got {images.dtype} {images.shape}")
+    hist = np.zeros((3, 256), dtype=np.int64)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk]
+        for c in range(3):
+            hist[c] += np.bincount(block[..., c].ravel(), minlength=256)
+    values = np.arange(256) / 255.0
+    n = hist.sum(axis=1)
+    mean = hist @ values / n
+    var = (hist * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
+    return tuple(mean.tolist()), tuple(np.sqrt(var).tolist())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kaggle test pickle
+# ----------------------------------------------------------------------------------------------------------
+
+def load_kaggle_test(path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 32, 32, 3), ids) from a pickle with 'data' (N x 3072 rows or N x 32 x 32 x 3) and 'ids'."""
+    path = Path(path)
+    d = _str_keys(restricted_load(path), path)
+    images = _as_images(_entry(d, "data", path), path, allow_hwc=True)
+    ids = np.asarray(_entry(d, "ids", path))
+    if ids.dtype.kind == "S":  # Python 2 strings
+        ids = ids.astype(str)
+    if ids.ndim != 1 or ids.dtype.kind not in "iuU":
+        raise UserError(f"{path}: ids must be a flat list of integers or strings, got {ids.dtype} {ids.shape}")
+    if len(ids) != len(images):
+        raise UserError(f"{path}: {len(ids)} ids for {len(images)} images; expected one id per image")
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise UserError(f"{path}: duplicate ids, e.g. {', '.join(map(str, values[counts > 1][:5]))}")
+    return images, ids.astype(np.int64) if ids.dtype.kind in "iu" else ids
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic smoke data: the official layout, so tests and the smoke profile exercise the real reading code
+# ----------------------------------------------------------------------------------------------------------
+
+# One flip-invariant shape per class, drawn in the class's own hue at a random place and size: a small CNN
+# tells them apart within a few hundred steps, even through crops, flips, rotations, colour jitter,
+# RandAugment and erasing (the shape survives a hue shift, the hue survives erasing part of the shape).
+# Arguments: |dx|, |dy|, signed dy, distance from the centre, radius (arrays broadcast per image).
+_SMOKE_SHAPES = (
+    lambda ax, ay, dy, d, r: d < r,                                                          # disc
+    lambda ax, ay, dy, d, r: np.maximum(ax, ay) < 0.8 * r,                                   # square
+    lambda ax, ay, dy, d, r: (d < r) & (d > 0.55 * r),                                       # ring
+    lambda ax, ay, dy, d, r: ((ax < 0.25 * r) | (ay < 0.25 * r)) & (np.maximum(ax, ay) < r),  # plus
+    lambda ax, ay, dy, d, r: (np.abs(ax - ay) < 0.3 * r) & (np.maximum(ax, ay) < 0.85 * r),  # X
+    lambda ax, ay, dy, d, r: ax + ay < r,                                                    # diamond
+    lambda ax, ay, dy, d, r: (dy > -r) & (dy < 0.7 * r) & (ax < 0.6 * (dy + r)),             # triangle
+    lambda ax, ay, dy, d, r: (np.maximum(ax, ay) < r) & ((ay // (0.4 * r)) % 2 == 0),        # horizontal bars
+    lambda ax, ay, dy, d, r: (np.maximum(ax, ay) < r) & ((ax // (0.4 * r)) % 2 == 0),        # vertical bars
+    lambda ax, ay, dy, d, r: (np.maximum(ax, ay) < r) & (np.maximum(ax, ay) > 0.6 * r),      # frame
+)
+
+
+def _smoke_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n = len(labels)
+    grid = np.arange(32, dtype=np.float32)
+    cx, cy = (rng.uniform(11, 21, (2, n, 1, 1))).astype(np.float32)
+    r = rng.uniform(7, 11, (n, 1, 1)).astype(np.float32)
+    dx, dy = grid[None, None, :] - cx, grid[None, :, None] - cy
+    ax, ay, d = np.abs(dx), np.abs(dy), np.hypot(dx, dy)
+    mask = np.zeros((n, 32, 32), dtype=bool)
+    for k, shape in enumerate(_SMOKE_SHAPES):
+        i = labels == k
+        mask[i] = shape(ax[i], ay[i], dy[i], d[i], r[i])
+    # class hue (k/10, jittered), bright and saturated, on a dull random background, plus pixel noise
+    fg = np.array([colorsys.hsv_to_rgb((k / 10 + rng.uniform(-0.02, 0.02)) % 1, rng.uniform(0.6, 1.0),
+                                       rng.uniform(0.75, 1.0)) for k in labels], dtype=np.float32)
+    bg = np.array([colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.3), rng.uniform(0.05, 0.45))
+                   for _ in labels], dtype=np.float32)
+    img = np.where(mask[..., None], fg[:, None, None, :], bg[:, None, None, :])
+    img += rng.normal(0, 0.06, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _balanced_labels(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(np.arange(n) % 10).astype(np.int64)
+
+
+def _dump(obj, path: Path, protocol: int) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a reader never sees a half-written file
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def write_smoke_dataset(root, per_batch: int = 200, test_count: int = 500, kaggle_count: int = 200,
+                        seed: int = 0) -> Path:
+    """Write a small learnable synthetic CIFAR-10 stand-in under ``root``; returns ``root/cifar-10-batches-py``.
+
+    Batches are protocol-2 pickles of dicts with byte-string keys, as the official Python 2 files are read
+    with ``encoding="bytes"``. ``batches.meta`` carries the marker that makes ``source == "synthetic"``.
+    The two Kaggle pickles hold the same images and (shuffled) ids in the two layouts seen in the wild:
+    ``kaggle_test.pkl`` N x 3072 rows with byte keys (protocol 4), ``kaggle_test_hwc.pkl`` HWC with str keys
+    (protocol 5), so both spellings pass through the restricted unpickler.
+    """
+    root = Path(root)
+    out = root / BATCH_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def rows(x):  # HWC -> the official rows: R plane, G plane, B plane
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), 3072))
+
+    batches = [(name, per_batch, f"training batch {i + 1} of 5") for i, name in enumerate(TRAIN_BATCHES)]
+    for name, count, label in [*batches, (TEST_BATCH, test_count, "testing batch 1 of 1")]:
+        y = _balanced_labels(count, rng)
+        _dump({b"batch_label": f"{label} (synthetic smoke data)".encode(),
+               b"labels": y.tolist(),
+               b"data": rows(_smoke_images(y, rng)),
+               b"filenames": [f"smoke_{name}_{i:05d}.png".encode() for i in range(count)]}, out / name, protocol=2)
+    _dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": per_batch,
+           b"num_vis": 3072, SMOKE_MARKER.encode(): 1}, out / META, protocol=2)
+
+    x = _smoke_images(_balanced_labels(kaggle_count, rng), rng)
+    ids = rng.permutation(kaggle_count).astype(np.int64)  # not 0..N-1 in order: the submission must keep this order
+    _dump({b"data": rows(x), b"ids": ids}, root / KAGGLE_ROWS, protocol=4)
+    _dump({"data": x, "ids": ids}, root / KAGGLE_HWC, protocol=5)
+    return out
+
+
+def ensure_smoke_data(data_dir) -> bool:
+    """Write the smoke dataset into ``data_dir`` when it holds no CIFAR files at all; True if it did.
+
+    A partial real copy is left alone (loading it then says what is missing) rather than overwritten.
+    """
+    data_dir = Path(data_dir)
+    if _has_any_cifar_file(data_dir):
+        return False
+    write_smoke_dataset(data_dir)
+    print(f"no CIFAR-10 in {data_dir}: generated synthetic smoke data there (not CIFAR-10)", file=sys.stderr)
+    return True

@@ -1,0 +1,267 @@
+"""The report's Figure 1 and Table 1, rebuilt from run folders (config.json + history.csv).
+
+    python -m lib.report --runs runs/r64 runs/lr18 --figures figures --report report
+
+Figure 1 ("Training vs. Best Validation Accuracy per Epoch"): one run, as in the report -- green per-epoch
+training accuracy, blue best-validation-accuracy-so-far. With several runs it shows the best real run
+(``--figure-run`` picks another).
+
+Table 1: one row per model of the report's Table 1 (all four, always), #Params/N/B/C computed from
+``lib.models``, the measured best validation accuracy next to the report's own number, and a Source column
+saying which data, profile and epochs the measured number came from. Only a *real* run -- CIFAR-10, the
+paper profile, the full training split -- puts a number in "Val Acc (%)"; a smoke or synthetic-data run is
+mentioned only in Source, marked "NOT a reproduction", so it can never be read as one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch.nn as nn
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure  # no pyplot: importing this module never changes a notebook's backend
+from matplotlib.ticker import MaxNLocator
+
+from .common import ArgumentParser, UserError, atomic_path, run_cli
+from .config import RunConfig, load_config
+from .models import REPORTED, build_model, count_parameters
+
+HISTORY_COLUMNS = ("epoch", "train_acc", "val_acc")
+# Settings that change regularisation, not the architecture: a run with dropout 0.2 is still its Table-1 model.
+REGULARISATION_KEYS = ("dropout", "stochastic_depth_rate")
+TABLE_COLUMNS = ["Model", "#Params (M)", "N", "B", "C", "Val Acc (%)", "Reported Val Acc (%)", "Source"]
+FIGURE_TITLE = "Training vs. Best Validation Accuracy per Epoch"
+NOT_A_REPRODUCTION = "NOT a reproduction"
+
+
+@dataclass
+class Run:
+    """One run folder: its RunConfig, the extra recorded fields (model_config, data_source, ...), its history."""
+
+    path: Path
+    config: RunConfig
+    extra: dict
+    history: pd.DataFrame
+
+    @property
+    def model_config(self) -> dict:
+        return self.extra["model_config"]
+
+    @property
+    def data_source(self) -> str:
+        return self.extra.get("data_source", "unknown")
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.history["epoch"].max())
+
+    @property
+    def best_val_acc(self) -> float:
+        """Highest validation accuracy in history.csv (a fraction; no TTA -- the training loop's number)."""
+        return float(self.history["val_acc"].max())
+
+    @property
+    def is_real(self) -> bool:
+        """Real CIFAR-10, the paper profile, the full training split: may stand in the Val Acc column."""
+        return self.data_source == "cifar10" and self.config.profile == "paper" and self.config.train_size is None
+
+    def source(self, result: bool = True) -> str:
+        """Which data, profile and epochs this run's number comes from, in one line.
+
+        ``result``: for a run that is not real, append its number and the "NOT a reproduction" caveat.
+        """
+        cfg, extra = self.config, self.extra
+        data = {"cifar10": "CIFAR-10", "synthetic": "synthetic smoke data"}.get(self.data_source, self.data_source)
+        val = ("official test batch" if cfg.val_source == "test"
+               else f"{cfg.holdout_fraction:.0%} hold-out")
+        sizes = f"val = {val}, {extra['n_val']} images" if "n_val" in extra else f"val = {val}"
+        if cfg.train_size is not None:
+            sizes += f"; train subset {extra.get('n_train', cfg.train_size)} images"
+        epochs = (f"{self.epochs_done} epochs" if self.epochs_done >= cfg.epochs
+                  else f"{self.epochs_done} of {cfg.epochs} epochs")
+        knobs = "".join(f", {k.replace('_', ' ')} {getattr(cfg, k)}" for k in REGULARISATION_KEYS
+                        if getattr(cfg, k) is not None)
+        text = f"{data} ({sizes}), {cfg.profile} profile, {epochs}{knobs}"
+        if result and not self.is_real:
+            text += f": best val {100 * self.best_val_acc:.2f}% — {NOT_A_REPRODUCTION}"
+        return f"{text} [{self.path.name}]"
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run folder written by ``lib.train``; a missing or corrupt file is a UserError naming it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    cfg, extra = load_config(run_dir / "config.json")
+    if "model_config" not in extra:  # older runs: rebuild it from the run's settings
+        extra["model_config"] = build_model(cfg.model, **cfg.model_overrides()).config
+    hist_path = run_dir / "history.csv"
+    if not hist_path.is_file():
+        raise UserError(f"{hist_path}: no such file (has the run finished an epoch?)")
+    try:
+        history = pd.read_csv(hist_path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{hist_path}: not a readable history CSV ({' '.join(str(exc).split())})") from None
+    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    if missing:
+        raise UserError(f"{hist_path}: missing column(s) {', '.join(missing)}")
+    if history.empty:
+        raise UserError(f"{hist_path}: no epochs recorded yet")
+    if "best_val_acc" not in history.columns:
+        history["best_val_acc"] = history["val_acc"].cummax()
+    return Run(run_dir, cfg, extra, history)
+
+
+# ---------------------------------------------------------------------------------------------- Figure 1
+def pick_figure_run(runs: list[Run]) -> Run:
+    """The run Figure 1 shows: the best real run, else (smoke/synthetic only) the best of what there is."""
+    if not runs:
+        raise UserError("no runs given")
+    real = [r for r in runs if r.is_real]
+    return max(real or runs, key=lambda r: r.best_val_acc)
+
+
+def plot_figure1(run: Run) -> Figure:
+    """The report's Figure 1 for one run (a matplotlib Figure; notebooks display it, ``save_figure`` writes it)."""
+    h = run.history
+    label = REPORTED.get(run.config.model, {}).get("label", run.config.model)
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(h["epoch"], 100 * h["train_acc"], color="green", label="Training accuracy")
+    ax.plot(h["epoch"], 100 * h["best_val_acc"], color="blue",
+            label=f"Best validation accuracy so far (max {100 * run.best_val_acc:.2f}%)")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Accuracy (%)")
+    fig.suptitle(FIGURE_TITLE, fontweight="bold")
+    if run.is_real:
+        ax.set_title(f"{label}: {run.source()}", fontsize=7, wrap=True)
+    else:  # said on the figure itself, so a smoke plot cannot pass for the report's Figure 1
+        ax.set_title(f"{NOT_A_REPRODUCTION} — {label}: {run.source(result=False)}", fontsize=7, color="red",
+                     wrap=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, figures_dir: str | os.PathLike, stem: str = "figure1") -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` atomically."""
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = Path(figures_dir) / f"{stem}.{fmt}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- Table 1
+def _architecture(model_config: dict) -> dict:
+    """The parts of a model config that define the architecture (JSON-normalised, so lists compare equal)."""
+    return {k: v for k, v in json.loads(json.dumps(model_config)).items() if k not in REGULARISATION_KEYS}
+
+
+def _row(label: str, model: nn.Module, runs: list[Run], reported: str) -> dict:
+    c = model.config
+    real = [r for r in runs if r.is_real]
+    if real:
+        best = max(real, key=lambda r: r.best_val_acc)
+        val, source = f"{100 * best.best_val_acc:.2f}", best.source()
+    elif runs:  # smoke / synthetic only: the number goes to Source with the caveat, never to Val Acc
+        val, source = "no real run yet", max(runs, key=lambda r: r.best_val_acc).source()
+    else:
+        val, source = "no run yet", "—"
+    return {"Model": label, "#Params (M)": f"{count_parameters(model) / 1e6:.2f}", "N": str(c["num_groups"]),
+            "B": f"{c['blocks_per_group']} (per group)", "C": ", ".join(str(w) for w in c["widths"]),
+            "Val Acc (%)": val, "Reported Val Acc (%)": reported, "Source": source}
+
+
+def table1(runs: list[Run]) -> pd.DataFrame:
+    """Table 1: the report's four models (always), then any run whose architecture differs from all four."""
+    rows, claimed = [], set()
+    for name, rep in REPORTED.items():
+        model = build_model(name)
+        arch = _architecture(model.config)
+        mine = [r for r in runs if r.config.model == name and _architecture(r.model_config) == arch]
+        claimed.update(id(r) for r in mine)
+        rows.append(_row(rep["label"], model, mine, f"{rep['val_acc']:.2f}"))
+    # custom architectures (e.g. a tuned base width): their own rows, grouped by architecture
+    custom: dict[str, list[Run]] = {}
+    for r in runs:
+        if id(r) not in claimed:
+            custom.setdefault(json.dumps(_architecture(r.model_config), sort_keys=True), []).append(r)
+    for group in custom.values():
+        cfg = group[0].model_config
+        name = cfg.get("name", group[0].config.model)
+        default = _architecture(build_model(name).config) if name in REPORTED else {}
+        diff = ", ".join(f"{k} {v}" for k, v in _architecture(cfg).items() if default.get(k) != v and k != "name")
+        label = f"{REPORTED.get(name, {}).get('label', name)} (custom: {diff})"
+        rows.append(_row(label, build_model(**cfg), group, "— (not in the report)"))
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+TABLE_NOTE = ("Val Acc (%): best validation accuracy in the run's history.csv (no TTA), only from real runs "
+              "(CIFAR-10, paper profile, full training split); Source gives the data, profile and epochs. "
+              "Reported Val Acc (%): the report's own Table 1, as reported (not measured here). "
+              "#Params, N (groups), B (blocks per group) and C (channels) are computed from lib.models.")
+
+
+def _latex_escape(text: str) -> str:
+    """LaTeX's special characters in plain text (Styler escapes the cells, not the caption)."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(special.get(ch, ch) for ch in text)
+
+
+def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike) -> list[Path]:
+    """``table1.md`` (pandas to_markdown) and ``table1.tex`` (pandas Styler.to_latex), written atomically."""
+    report_dir = Path(report_dir)
+    # disable_numparse: keep "5.00" as printed (tabulate would turn it into "5")
+    md = (f"Table 1: List of Model Configurations Experimented.\n\n"
+          f"{table.to_markdown(index=False, disable_numparse=True)}\n\n{TABLE_NOTE}\n")
+    tex = (table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+           .to_latex(caption="List of Model Configurations Experimented. " + _latex_escape(TABLE_NOTE),
+                     label="tab:table1", hrules=True, column_format="l" * 5 + "r" * 2 + "p{6cm}"))
+    paths = []
+    for name, text in (("table1.md", md), ("table1.tex", tex)):
+        with atomic_path(report_dir / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        paths.append(report_dir / name)
+    return paths
+
+
+def make_report(run_dirs: list[str | os.PathLike], figures_dir: str | os.PathLike = "figures",
+                report_dir: str | os.PathLike = "report", figure_run: str | os.PathLike | None = None) -> dict:
+    """Figure 1 and Table 1 from run folders. Returns the table and the written paths."""
+    runs = [load_run(d) for d in run_dirs]
+    shown = load_run(figure_run) if figure_run is not None else pick_figure_run(runs)
+    table = table1(runs)
+    figures = save_figure(plot_figure1(shown), figures_dir)
+    tables = write_table1(table, report_dir)
+    return {"table": table, "figure_run": shown.path, "paths": figures + tables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m lib.report",
+                       description="Figure 1 (figures/figure1.png, .pdf) and Table 1 (report/table1.md, .tex) "
+                                   "from run folders.")
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR", help="run folders written by lib.train")
+    p.add_argument("--figures", default="figures", help="folder for figure1.png / figure1.pdf")
+    p.add_argument("--report", default="report", help="folder for table1.md / table1.tex")
+    p.add_argument("--figure-run", metavar="RUN_DIR", help="run shown in Figure 1 (default: the best real run)")
+    args = p.parse_args(argv)
+    result = make_report(args.runs, args.figures, args.report, args.figure_run)
+    print(result["table"].to_markdown(index=False, disable_numparse=True))
+    print(f"Figure 1 shows {result['figure_run']}")
+    print("wrote " + ", ".join(str(p) for p in result["paths"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

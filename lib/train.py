@@ -1,0 +1,305 @@
+"""The report's training recipe: SGD-Nesterov, linear warm-up + cosine annealing (stepped per iteration),
+cross-entropy with label smoothing on MixUp/CutMix soft targets, per-epoch history and atomic checkpoints.
+
+    python -m lib.train --model robust_resnet64 --data-dir data --out runs/robust64
+    python -m lib.train --profile smoke --model light_resnet18 --out runs/smoke   # tiny, CPU, synthetic data
+    python -m lib.train ... --resume                                              # continue from RUN_DIR/last.pt
+
+RUN_DIR receives config.json (every setting, versions, device, git commit), history.csv (one row per epoch),
+last.pt (every epoch) and best.pt (each new best validation accuracy).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .augment import make_eval_loader, make_train_loader, resolve_loader_kind
+from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device,
+                     rng_state, run_cli, seed_everything, set_rng_state)
+from .config import RunConfig, add_config_arguments, make_config, save_config
+from .data import channel_stats, ensure_smoke_data, load_splits
+from .models import build_model, count_parameters
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc",
+                  "epoch_seconds")
+CHECKPOINT_FORMAT = 1
+# Settings that may differ when resuming: they change how the run executes, not what it computes.
+RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "download", "data_dir"}
+CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
+
+
+class DivergedError(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The recipe's pieces (also used by lib.bench, so the benchmark times exactly what training runs)
+# ----------------------------------------------------------------------------------------------------
+def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                           weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Linear warm-up from lr/W to lr over W iterations, then cosine annealing to 0; stepped per iteration."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
+    if warmup <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0,
+                                               total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def make_criterion(cfg: RunConfig) -> nn.Module:
+    # Soft (MixUp/CutMix) targets are class probabilities; CrossEntropyLoss smooths those too.
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, dtype=None):
+    """One optimisation step. Returns (loss, n_correct) as 0-dim device tensors: no host sync here."""
+    with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
+        logits = model(x)
+        loss = criterion(logits, soft_y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:  # fp16 only; bf16 needs no loss scaling
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    scheduler.step()
+    # train accuracy against the dominant label of each (possibly mixed) target, as the report plots it
+    n_correct = (logits.argmax(1) == soft_y.argmax(1)).sum()
+    return loss.detach(), n_correct
+
+
+@torch.inference_mode()
+def evaluate(model, loader, dtype=None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a loader of (x, integer labels); single pass, no TTA."""
+    model.eval()
+    loss_sum = correct = seen = None
+    for x, y in loader:
+        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        batch_loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        batch_correct = (logits.argmax(1) == y).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
+        seen = len(y) if seen is None else seen + len(y)
+    if not seen:
+        raise UserError("the validation set is empty")
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch reseeds every RNG from (seed, epoch): a resumed run draws exactly what a straight one did."""
+    return seed * 100_003 + epoch
+
+
+# ----------------------------------------------------------------------------------------------------
+# Run folder: history.csv, config.json, checkpoints
+# ----------------------------------------------------------------------------------------------------
+def write_history(rows: list[dict[str, Any]], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "lib": __version__}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def load_resume_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or foreign file: say which, without a traceback
+        raise UserError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a checkpoint written by lib.train (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _check_resume_config(cfg: RunConfig, stored: dict[str, Any], path: Path) -> None:
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != now[k]]
+    if diff:
+        changes = ", ".join(f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in diff)
+        raise UserError(f"{path}: --resume must keep the run's settings, but these differ: {changes} "
+                        f"(start a new --out to change them)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train one run as configured; returns {"run_dir", "best_val_acc", "epochs_done", "history"}."""
+    cfg.validate()
+    run_dir = Path(cfg.out)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    resume_ckpt = None
+    if cfg.resume and last_path.exists():
+        resume_ckpt = load_resume_checkpoint(last_path)
+        _check_resume_config(cfg, resume_ckpt["config"], last_path)
+    elif last_path.exists():
+        raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
+                        f"or choose another --out")
+    elif cfg.resume:
+        print(f"{last_path}: nothing to resume yet; starting a new run", file=sys.stderr)
+
+    device = resolve_device(cfg.device)
+    dtype = amp_dtype(device) if cfg.amp else None
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    loader_kind = resolve_loader_kind(cfg.loader, device)
+
+    # --- data -------------------------------------------------------------------------------------
+    if cfg.profile == "smoke":
+        ensure_smoke_data(cfg.data_dir)  # synthetic CIFAR-format files when no CIFAR-10 is there
+    splits = load_splits(cfg.data_dir, val_source=cfg.val_source, holdout_fraction=cfg.holdout_fraction,
+                         train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed, download=cfg.download)
+    if resume_ckpt is not None:  # the run's own statistics, so a resumed run normalises exactly as before
+        mean, std = resume_ckpt["normalization"]["mean"], resume_ckpt["normalization"]["std"]
+    else:
+        mean, std = (list(map(float, v)) for v in channel_stats(splits.train_x))
+
+    seed_everything(cfg.seed)  # model initialisation
+    model = build_model(cfg.model, num_classes=len(splits.label_names), **cfg.model_overrides())
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    train_loader = make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind)
+    val_loader = make_eval_loader(splits.val_x, splits.val_y, mean, std, device,
+                                  batch_size=max(2 * cfg.batch_size, 256))
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer, len(train_loader))
+    criterion = make_criterion(cfg)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    step_model = torch.compile(model) if cfg.compile else model
+
+    history: list[dict[str, Any]] = []
+    best_val_acc, start_epoch = 0.0, 0
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        if scaler is not None and resume_ckpt.get("scaler"):
+            scaler.load_state_dict(resume_ckpt["scaler"])
+        set_rng_state(resume_ckpt["rng"])
+        history, best_val_acc, start_epoch = resume_ckpt["history"], resume_ckpt["best_val_acc"], resume_ckpt["epoch"]
+        print(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr)
+
+    data_info = {"source": splits.source, "description": splits.description,
+                 "n_train": int(len(splits.train_y)), "n_val": int(len(splits.val_y))}
+    save_config(cfg, run_dir / "config.json", extra={
+        "model_config": model.config, "parameters": count_parameters(model),
+        "data_source": splits.source, "data_description": splits.description,
+        "n_train": data_info["n_train"], "n_val": data_info["n_val"],
+        "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
+        "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
+        "channels_last": channels_last, "steps_per_epoch": len(train_loader),
+        "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit()})
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model_config": model.config,
+                "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
+                "data": data_info, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "rng": rng_state(), "epoch": epoch, "best_val_acc": best_val_acc, "history": history}
+
+    print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
+          f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})", file=sys.stderr)
+    for epoch in range(start_epoch, cfg.epochs):
+        seed_everything(epoch_seed(cfg.seed, epoch))
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
+        step_model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+                   mininterval=1.0, dynamic_ncols=True)
+        for step, (x, soft_y) in enumerate(bar, 1):
+            loss, n_correct = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler, dtype)
+            loss_sum += loss
+            correct += n_correct
+            seen += len(soft_y)
+            if step % CHECK_FINITE_EVERY == 0 or step == len(train_loader):
+                mean_loss = loss_sum.item() / step  # one host sync every CHECK_FINITE_EVERY steps
+                if not math.isfinite(mean_loss):
+                    raise DivergedError(
+                        f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. Last good "
+                        f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
+        bar.close()
+        val_loss, val_acc = evaluate(model, val_loader, dtype)
+        is_best = not history or val_acc > best_val_acc
+        best_val_acc = max(best_val_acc, val_acc)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / len(train_loader),
+               "train_acc": correct.item() / seen, "val_loss": val_loss, "val_acc": val_acc,
+               "best_val_acc": best_val_acc, "epoch_seconds": time.perf_counter() - t0}
+        history.append(row)
+        state = checkpoint(epoch + 1)
+        atomic_torch_save(state, last_path)
+        if is_best:
+            atomic_torch_save(state, best_path)
+        write_history(history, run_dir / "history.csv")  # after the checkpoint: never ahead of last.pt
+        print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4f}  train_loss {row['train_loss']:.4f}  "
+              f"train_acc {row['train_acc']:.2%}  val_loss {val_loss:.4f}  val_acc {val_acc:.2%}  "
+              f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
+    return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": len(history),
+            "history": history}
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    parser = ArgumentParser(prog="python -m lib.train", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    args = vars(parser.parse_args(argv))
+    profile = args.pop("profile") or "paper"
+    return make_config(profile, **args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        summary = train(parse_args(argv))
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
+          f"run folder {summary['run_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

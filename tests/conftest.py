@@ -1,0 +1,23 @@
+"""Fixtures every test file shares. Tests run on synthetic smoke data only, never on ../shared/data."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import lib` also under a bare `pytest`
+
+from lib.data import write_smoke_dataset  # noqa: E402
+
+torch.set_num_threads(2)  # CI has 2 cores; more threads only contend (and with pytest-xdist, oversubscribe)
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory) -> Path:
+    """A folder with the smoke dataset: cifar-10-batches-py/ (official layout), kaggle_test.pkl, kaggle_test_hwc.pkl.
+
+    Shared by the whole session: treat it as read-only (copy it to change a file).
+    """
+    root = tmp_path_factory.mktemp("smoke")
+    write_smoke_dataset(root)
+    return root

@@ -1,0 +1,204 @@
+"""The training recipe and its run folder, on smoke data, on the CPU."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lib.train as train_mod
+from lib.config import make_config
+from lib.train import DivergedError, make_optimizer, make_scheduler, train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(model="light_resnet18", base_channels=8, progress=False, device="cpu", num_workers=0)
+
+
+def tiny_config(smoke_root, out, **kw):
+    settings = {**TINY, "data_dir": str(smoke_root), "out": str(out), "train_size": 160, "val_size": 80,
+                "batch_size": 32, "epochs": 2, **kw}
+    return make_config("smoke", **settings)
+
+
+def read_history(run_dir):
+    with open(Path(run_dir) / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "lib.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_learns_on_smoke_data(smoke_root, tmp_path):
+    """A few hundred steps: the loss falls and validation accuracy clearly beats chance (10%)."""
+    cfg = tiny_config(smoke_root, tmp_path / "run", train_size=None, val_size=200, epochs=6, augment="none",
+                      mix_prob=0.0, lr=0.05, warmup_epochs=0.5)
+    summary = train(cfg)
+    rows = read_history(tmp_path / "run")
+    assert len(rows) == 6 and summary["epochs_done"] == 6
+    assert float(rows[-1]["train_loss"]) < 0.7 * float(rows[0]["train_loss"])
+    assert summary["best_val_acc"] > 0.4
+
+
+def test_run_folder_contents(smoke_root, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(smoke_root, run, dropout=None, seed=3))
+    rows = read_history(run)
+    assert list(rows[0]) == list(train_mod.HISTORY_FIELDS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        for k in ("train_acc", "val_acc", "best_val_acc"):
+            assert 0.0 <= float(r[k]) <= 1.0
+        assert float(r["epoch_seconds"]) > 0
+    best = [float(r["best_val_acc"]) for r in rows]
+    assert best == sorted(best) and best[-1] == max(float(r["val_acc"]) for r in rows)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 3 and config["epochs"] == 2 and config["model"] == "light_resnet18"
+    assert config["data_source"] == "synthetic" and config["profile"] == "smoke"
+    assert config["model_config"]["widths"] == [8, 16, 32, 64]
+    assert config["parameters"] > 0 and config["versions"]["torch"] == torch.__version__
+    assert len(config["normalization"]["mean"]) == 3 and "device_name" in config and "git_commit" in config
+
+    last = torch.load(run / "last.pt", weights_only=True)
+    best_ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+    assert best_ckpt["best_val_acc"] == pytest.approx(best[-1])
+    assert {"model", "optimizer", "scheduler", "rng", "model_config", "normalization"} <= set(last)
+    assert not list(run.glob(".*.tmp")), "no temporary files left behind"
+
+
+class StopAfterOne(Exception):
+    pass
+
+
+def train_first_epoch_only(cfg):
+    """Run ``cfg`` but stop (as if killed) right after epoch 1's last.pt is written."""
+    real_save = train_mod.atomic_torch_save
+
+    def save_then_stop(obj, path):
+        real_save(obj, path)
+        if Path(path).name == "last.pt" and obj["epoch"] == 1:
+            raise StopAfterOne
+
+    train_mod.atomic_torch_save = save_then_stop
+    try:
+        with pytest.raises(StopAfterOne):
+            train(cfg)
+    finally:
+        train_mod.atomic_torch_save = real_save
+
+
+def test_resume_gives_the_same_history(smoke_root, tmp_path):
+    """2 epochs straight == 1 epoch, stop, --resume for the second (CPU, fixed seed): same numbers, same weights."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config(smoke_root, straight))
+    train_first_epoch_only(tiny_config(smoke_root, split))
+    assert torch.load(split / "last.pt", weights_only=True)["epoch"] == 1
+    train(tiny_config(smoke_root, split, resume=True))
+
+    a, b = read_history(straight), read_history(split)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert drop(a) == drop(b)
+    wa = torch.load(straight / "last.pt", weights_only=True)["model"]
+    wb = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupted_checkpoint_write_keeps_last_good(smoke_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train_first_epoch_only(tiny_config(smoke_root, run))
+    good = (run / "last.pt").read_bytes()
+
+    def torch_save_dies_midway(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torch_save_dies_midway)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny_config(smoke_root, run, resume=True))  # epoch 2's save dies half-way
+    monkeypatch.undo()
+    assert (run / "last.pt").read_bytes() == good
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list(run.glob(".*.tmp")), "the half-written temporary file is removed"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real = train_mod.make_criterion
+
+    def poisoned(cfg):
+        ce = real(cfg)
+
+        def loss(logits, target):
+            calls["n"] += 1
+            out = ce(logits, target)
+            return out * float("nan") if calls["n"] > 5 else out  # 5 steps = epoch 1 (160 / 32)
+        return loss
+
+    monkeypatch.setattr(train_mod, "make_criterion", poisoned)
+    with pytest.raises(DivergedError, match="nan"):
+        train(tiny_config(smoke_root, run, epochs=3))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(read_history(run)) == 1
+
+
+def test_schedule_is_linear_warmup_then_cosine_per_step():
+    cfg = make_config("paper", epochs=10, warmup_epochs=2, lr=0.1)
+    model = torch.nn.Linear(2, 2)
+    opt = make_optimizer(cfg, model)
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 5e-4
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1 / 20)
+    assert lrs[:20] == sorted(lrs[:20]) and lrs[20] == pytest.approx(0.1)
+    assert lrs[20:] == sorted(lrs[20:], reverse=True) and lrs[-1] < 0.001
+    assert lrs[60] == pytest.approx(0.05 * (1 + torch.cos(torch.tensor(40 / 80 * torch.pi)).item()), rel=1e-4)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "resnet9000"], "resnet9000"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "fast"], "--lr"),
+    (["--augment", "crop,sparkles"], "sparkles"),
+    (["--kernel-size", "4"], "kernel"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    (["--val-source", "holdout", "--holdout-fraction", "1.5"], "--holdout-fraction"),
+])
+def test_cli_bad_input_is_one_line_exit_2(smoke_root, tmp_path, args, needle):
+    res = run_cli("--profile", "smoke", "--data-dir", str(smoke_root), "--out", str(tmp_path / "run"),
+                  "--no-progress", *args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_cli_missing_data_names_the_folder(tmp_path):
+    res = run_cli("--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "nowhere" in res.stderr and "--download" in res.stderr
+
+
+def test_cli_end_to_end_and_resume_rules(smoke_root, tmp_path):
+    out = tmp_path / "run"
+    common = ["--profile", "smoke", "--data-dir", str(smoke_root), "--out", str(out), "--model", "light_resnet18",
+              "--base-channels", "8", "--train-size", "64", "--val-size", "40", "--epochs", "1", "--no-progress"]
+    res = run_cli(*common)
+    assert res.returncode == 0, res.stderr
+    assert "best val accuracy" in res.stdout and (out / "best.pt").exists()
+    again = run_cli(*common)  # same folder without --resume: refuse rather than overwrite
+    assert again.returncode == 2 and "--resume" in again.stderr
+    changed = run_cli(*common[:-3], "--epochs", "3", "--no-progress", "--resume")
+    assert changed.returncode == 2 and "--epochs" in changed.stderr
+    done = run_cli(*common, "--resume")  # already finished: resumes to nothing, keeps the history
+    assert done.returncode == 0 and len(read_history(out)) == 1
