@@ -6,10 +6,18 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 SCRATCH ?= scratch
-# Settings for `make sweep`: one papermill run of notebook 03 per value of SWEEP_PARAM.
-SWEEP_PARAM  ?= dropout
-SWEEP_VALUES ?= 0.0 0.1 0.2
-SWEEP_ARGS   ?= -p profile smoke
+# papermill runs the notebooks on the `python3` kernel, which resolves to this venv (.venv/bin is first on PATH).
+PAPERMILL := $(PY) -m papermill -k python3 --no-progress-bar --log-output
+# `make smoke`: the model of the smoke run (the notebooks' default, the report's best model).
+SMOKE_MODEL ?= robust_resnet64
+SMOKE_RUNS  := $(SCRATCH)/smoke/runs
+SMOKE_NB    := CIFAR_PROFILE=smoke $(PAPERMILL)
+# `make sweep`: notebook 03 once per value of SWEEP_PARAM; 03 names each run folder after its setting
+# (runs/robust_resnet64_smoke_dropout0.1, ...). SWEEP_PROFILE=paper for real runs (GPU).
+SWEEP_PROFILE ?= smoke
+SWEEP_PARAM   ?= dropout
+SWEEP_VALUES  ?= 0.0 0.1 0.2
+SWEEP_ARGS    ?=
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
@@ -23,16 +31,27 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# The test suite: unit tests, notebooks under nbval and the papermill chain, all on smoke data, on the CPU.
+# The test suite: unit tests, the notebooks under nbval and papermill (tests/test_notebooks.py), all on smoke
+# data, on the CPU.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
-# Train, predict and report end to end on the smoke profile (synthetic CIFAR-format data when CIFAR-10 is absent).
+# Notebooks 01-05 on the smoke profile (synthetic CIFAR-format data in data/smoke when CIFAR-10 is absent), executed
+# with papermill into $(SCRATCH)/smoke/: 03 trains, 04 writes figures/figure1.png(.pdf) and report/table1.md(.tex)
+# (marked "NOT a reproduction"), 05 writes $(SCRATCH)/smoke/submission.csv.
 smoke: venv
-	$(PY) -m lib.train --profile smoke --model robust_resnet64 --out $(SCRATCH)/smoke-run --no-progress --resume
-	$(PY) -m lib.predict --checkpoint $(SCRATCH)/smoke-run/best.pt --test-file data/smoke/kaggle_test.pkl \
-		--out $(SCRATCH)/submission.csv
-	$(PY) -m lib.report --runs $(SCRATCH)/smoke-run --figures figures --report report
+	rm -rf $(SCRATCH)/smoke
+	mkdir -p $(SCRATCH)/smoke
+	$(SMOKE_NB) notebooks/01_data_exploration.ipynb $(SCRATCH)/smoke/01_data_exploration.ipynb
+	$(SMOKE_NB) notebooks/02_architectures.ipynb $(SCRATCH)/smoke/02_architectures.ipynb
+	$(SMOKE_NB) notebooks/03_training.ipynb $(SCRATCH)/smoke/03_training.ipynb \
+		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS)
+	$(SMOKE_NB) notebooks/04_results.ipynb $(SCRATCH)/smoke/04_results.ipynb \
+		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS)
+	$(SMOKE_NB) notebooks/05_kaggle_submission.ipynb $(SCRATCH)/smoke/05_kaggle_submission.ipynb \
+		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS) -p submission_file $(SCRATCH)/smoke/submission.csv
+	@echo "smoke: executed notebooks and $(SCRATCH)/smoke/submission.csv in $(SCRATCH)/smoke/;" \
+		"figures/figure1.png, report/table1.md and report/table1.tex rewritten from the smoke run"
 
 # The report's runs (paper profile, 300 epochs; needs a GPU). Downloads CIFAR-10 into data/ if absent.
 reproduce: venv
@@ -41,18 +60,23 @@ reproduce: venv
 	done
 	$(PY) -m lib.report --runs $(addprefix runs/,$(REPRODUCE_MODELS)) --figures figures --report report
 
+# Rerunnable: resume=True continues an interrupted run and leaves a finished one as it is.
 sweep: venv
 	mkdir -p $(SCRATCH)/sweep
 	for v in $(SWEEP_VALUES); do \
-		$(PY) -m papermill notebooks/03_training.ipynb $(SCRATCH)/sweep/03_training_$(SWEEP_PARAM)_$$v.ipynb \
-			-k python3 $(SWEEP_ARGS) -p $(SWEEP_PARAM) $$v -p run_name sweep_$(SWEEP_PARAM)_$$v || exit 1; \
+		CIFAR_PROFILE=$(SWEEP_PROFILE) $(PAPERMILL) notebooks/03_training.ipynb \
+			$(SCRATCH)/sweep/03_training_$(SWEEP_PROFILE)_$(SWEEP_PARAM)$$v.ipynb \
+			-p $(SWEEP_PARAM) $$v -p resume True $(SWEEP_ARGS) || exit 1; \
 	done
 
+# JupyterLab on the repository, in the project's environment, opened at notebooks/ (LAB_ARGS: e.g. --port 8889,
+# or --allow-root inside a container).
+LAB_ARGS ?=
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
 bench: venv
 	$(PY) -m lib.bench --json $(SCRATCH)/bench.json
 
 clean:
-	rm -rf $(SCRATCH) runs/smoke data/smoke .pytest_cache
+	rm -rf $(SCRATCH) runs/*_smoke* data/smoke .pytest_cache

@@ -1,7 +1,7 @@
 """The report's augmentations, two ways, from the same run config (``cfg.augment_ops()`` says which are on):
 
-- per-sample (``train_transform``): torchvision.transforms.v2 on one uint8 CHW image, run by a DataLoader
-  ("torchvision" loader, what the report used);
+- per-sample (``train_transform``): torchvision.transforms.v2 on one image (PIL or uint8 CHW tensor), run by a
+  DataLoader ("torchvision" loader, what the report used);
 - batched (``BatchAugment``): the same operations on a whole uint8 NCHW batch on any device, with independent
   random parameters per image and no Python loop over images ("device" loader: the data never waits on the CPU).
 
@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -44,7 +45,10 @@ def _policy_name(ops: Sequence[str]) -> str | None:
 # Per-sample path: torchvision.transforms.v2
 # ====================================================================================================
 def train_transform(cfg: RunConfig, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """uint8 CHW tensor -> augmented, normalised float CHW tensor, as the report's DataLoader did it."""
+    """uint8 CHW tensor or PIL image -> augmented, normalised float CHW tensor, as the report's DataLoader did it.
+
+    The loader feeds PIL images: torchvision's PIL kernels ran this pipeline about 1.6x faster per core than its
+    uint8-tensor kernels on 32x32 images (report/benchmarks.md)."""
     ops = cfg.augment_ops()
     steps: list[v2.Transform] = []
     if "crop" in ops:
@@ -61,15 +65,15 @@ def train_transform(cfg: RunConfig, mean: Sequence[float], std: Sequence[float])
         steps.append(v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude))
     elif policy == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if "erasing" in ops and cfg.erasing_prob > 0:
         steps.append(v2.RandomErasing(p=cfg.erasing_prob, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0))
     return v2.Compose(steps)
 
 
 def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """uint8 CHW tensor -> normalised float CHW tensor (no augmentation)."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    """uint8 CHW tensor or PIL image -> normalised float CHW tensor (no augmentation)."""
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 # ====================================================================================================
@@ -104,7 +108,6 @@ OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Br
        "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
 OP = {name: i for i, name in enumerate(OPS)}
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
 def _op_table(space: dict, num_bins: int, magnitude_bin: int | None, H: int, W: int):
@@ -120,7 +123,8 @@ def _op_table(space: dict, num_bins: int, magnitude_bin: int | None, H: int, W: 
 
 # Colour ops on float [0, 1] batches with one magnitude per image (m: shape (n, 1, 1, 1)), torchvision's formulas
 def _blend(x, degenerate, factor):
-    return (factor * x + (1 - factor) * degenerate).clamp_(0, 1)
+    # torchvision's factor * x + (1 - factor) * degenerate, as one fused lerp
+    return torch.lerp(degenerate.expand_as(x), x, factor).clamp_(0, 1)
 
 
 def _sharpness(x, m):
@@ -161,7 +165,7 @@ def _equalize(x, m):  # F.equalize is already batched (per-image, per-channel hi
 
 
 COLOUR_OPS = {
-    "Brightness": lambda x, m: _blend(x, 0.0, 1 + m),
+    "Brightness": lambda x, m: (x * (1 + m)).clamp_(0, 1),  # blend with black
     "Color": lambda x, m: _blend(x, F.rgb_to_grayscale(x), 1 + m),
     "Contrast": lambda x, m: _blend(x, F.rgb_to_grayscale(x).mean((1, 2, 3), keepdim=True), 1 + m),
     "Sharpness": _sharpness,
@@ -177,14 +181,14 @@ class BatchAugment:
     """uint8 NCHW batch (any device, channels_last fine) -> augmented, normalised float32 NCHW batch.
 
     The per-sample pipeline's operations, settings and parameter distributions, drawn independently for every
-    image: crop + flip as one gather, ColorJitter as per-image colour matrices (+ torchvision's HSV hue shift)
-    in each image's own random order, RandomRotation and RandAugment/AutoAugment's geometric ops as one
-    nearest-neighbour ``grid_sample`` per slot with per-image matrices (torchvision's affine convention, so
-    each op matches ``F.affine``/``F.rotate`` pixel for pixel), colour ops with torchvision's formulas, and
-    RandomErasing's box sampling vectorised over images and tries. No Python loop over images.
-    Differences from the per-sample path, all within rounding: values stay float between ops (torchvision
-    rounds to uint8 after each), and RandomRotation is composed with the first slot's geometric op into a
-    single resampling. ``last_params`` keeps the latest batch's random draws (the tests read them).
+    image: crop + flip as one gather; ColorJitter's four ops in each image's own random order (one blend per
+    position for brightness/contrast/saturation, an HSV hue shift for the images whose turn it is);
+    RandomRotation and RandAugment/AutoAugment's geometric ops as one nearest-neighbour ``grid_sample`` per slot
+    with per-image matrices (torchvision's affine convention: each op matches ``F.affine``/``F.rotate`` pixel
+    for pixel); colour ops with torchvision's formulas; RandomErasing's box sampling vectorised over images and
+    tries. No Python loop over images. Differences from the per-sample path, all within rounding: values stay
+    float between ops (torchvision rounds to uint8 after each), and RandomRotation is composed with the first
+    slot's geometric op into a single resampling. ``last_params`` keeps the latest batch's random draws (tests).
     """
 
     def __init__(self, cfg: RunConfig, mean: Sequence[float], std: Sequence[float], dispatch: str = "auto"):
@@ -209,9 +213,8 @@ class BatchAugment:
         """Constant tensors, copied to the device once: a host-to-device copy per batch would be a host sync."""
         key = str(device)
         if key not in self._consts:
-            self._consts[key] = {name: torch.as_tensor(value, dtype=torch.float32).to(device) for name, value in {
-                "mean": np.reshape(self.mean, (-1, 1, 1)), "std": np.reshape(self.std, (-1, 1, 1)),
-                "gray": np.array(GRAY)}.items()}
+            self._consts[key] = {name: torch.tensor(value, dtype=torch.float32).view(-1, 1, 1).to(device)
+                                 for name, value in (("mean", self.mean), ("std", self.std))}
         return self._consts[key]
 
     # ------------------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ class BatchAugment:
                  + cols[:, None, None, :])
         return padded.gather(1, index.flatten(1)).view(N, C, H, W)
 
-    # --- colour jitter: one 3x3 colour matrix + offset per image -----------------------------------
+    # --- colour jitter: per-image factors and order ---------------------------------------------------
     def _color_jitter(self, x: torch.Tensor) -> torch.Tensor:
         N, dev, j = x.shape[0], x.device, self.jitter
 
@@ -386,7 +389,7 @@ class BatchAugment:
         geometric = self._geometric_matrix(x, op, mag)
         if first_warp is not None:
             geometric = first_warp @ geometric
-        is_geometric = (op >= OP[GEOMETRIC[0]]) & (op <= OP[GEOMETRIC[-1]])
+        is_geometric = (op >= OP[GEOMETRIC[0]]) & (op <= OP[GEOMETRIC[-1]])  # contiguous in OPS
         x = self._where(x, None if first_warp is not None else is_geometric,
                         lambda xs, i: self._warp(xs, geometric[i]))
         for name, fn in COLOUR_OPS.items():
@@ -444,9 +447,9 @@ def resolve_loader_kind(name: str, device: torch.device | str) -> str:
 
 
 def resolve_channels_last(channels_last: bool | None, device: torch.device | str) -> bool:
-    """cfg.channels_last=None -> on for CUDA (tensor cores like NHWC), off on CPU (measured slower there:
-    report/benchmarks.md)."""
-    return torch.device(device).type == "cuda" if channels_last is None else bool(channels_last)
+    """cfg.channels_last=None -> on, on CUDA (tensor cores want NHWC) and on CPU too: oneDNN's NHWC convolutions
+    trained all four models 2-17% faster than NCHW on 2 CPU cores, never slower (report/benchmarks.md)."""
+    return True if channels_last is None else bool(channels_last)
 
 
 def default_num_workers(device: torch.device | str) -> int:
@@ -470,7 +473,7 @@ def _to_device_nchw(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class ArrayDataset(Dataset):
-    """Numpy HWC uint8 images + int labels -> (transformed CHW tensor, label)."""
+    """Numpy HWC uint8 images + int labels -> (transform(PIL image), label); no transform: uint8 CHW tensor."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, transform=None):
         self.x, self.y, self.transform = x, np.asarray(y, dtype=np.int64), transform
@@ -479,8 +482,9 @@ class ArrayDataset(Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int):
-        img = torch.from_numpy(self.x[i]).permute(2, 0, 1)
-        return (self.transform(img) if self.transform else img), int(self.y[i])
+        if self.transform is None:
+            return torch.from_numpy(self.x[i]).permute(2, 0, 1), int(self.y[i])
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])  # PIL: the faster per-sample kernels
 
 
 class _MixCollate:
@@ -496,12 +500,11 @@ class _MixCollate:
 class TorchvisionLoader:
     """Per-sample v2 transforms in a DataLoader (shuffle, drop_last), BatchMix in the collate, then to device."""
 
-    def __init__(self, cfg: RunConfig, x, y, mean, std, device, num_workers: int | None = None):
+    def __init__(self, cfg: RunConfig, x, y, mean, std, device):
         self.device = torch.device(device)
         self.memory_format = (torch.channels_last if resolve_channels_last(cfg.channels_last, self.device)
                               else torch.contiguous_format)
-        workers = num_workers if num_workers is not None else (
-            cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.device))
+        workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.device)
         # non-persistent workers: every epoch's workers are seeded afresh from the global torch RNG
         self.loader = DataLoader(ArrayDataset(x, y, train_transform(cfg, mean, std)),
                                  batch_size=min(cfg.batch_size, len(x)), shuffle=True, drop_last=True,

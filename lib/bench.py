@@ -5,8 +5,8 @@
     python -m lib.bench --device cuda --json report/bench_cuda.json
 
 Measures, with the report's full augmentation set (augment=full, MixUp/CutMix probability 0.5):
-- data pipeline: the per-sample torchvision loader in this one process (0 workers: images/s per core) and the
-  batched device loader, same data, same run;
+- data pipeline: the per-sample torchvision loader in this one process (0 workers, one torch thread as in a
+  DataLoader worker: images/s per core) and the batched device loader (all threads), taking turns in one run;
 - training step per model: the step lib.train runs on this device (its amp / channels_last / compile settings)
   and a plain eager fp32 NCHW step, interleaved, median of repeats;
 - inference per model (eval mode, the configured precision and memory format); peak memory; and, from these,
@@ -15,12 +15,15 @@ Data are random uint8 images (speed does not depend on content). Numbers in repo
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,13 +36,14 @@ from .config import make_config
 from .models import build_model, list_models
 from .train import make_criterion, make_optimizer, make_scheduler, train_step
 
-# Sizes per mode: (per-sample batches, batched batches, step batch, timed steps, repeats, inference batch)
-FULL = {"batch": 128, "per_sample_batches": 4, "batched_batches": 20, "step_batch": 64, "steps": 2,
-        "repeats": 5, "infer_batch": 256}
-QUICK = {"batch": 128, "per_sample_batches": 1, "batched_batches": 4, "step_batch": 8, "steps": 1,
-         "repeats": 2, "infer_batch": 32}
-CUDA = {"batch": 128, "per_sample_batches": 4, "batched_batches": 50, "step_batch": 128, "steps": 20,
-        "repeats": 5, "infer_batch": 512}
+# Sizes per mode. Data: `data_rounds` turns of one per-sample batch and `batched_per_round` batched ones (batch
+# 128, the report's). Steps: `repeats` interleaved timings of `steps` steps at `step_batch`; median.
+FULL = {"batch": 128, "data_rounds": 4, "batched_per_round": 5, "step_batch": 32, "steps": 2, "repeats": 7,
+        "infer_batch": 128}
+QUICK = {"batch": 128, "data_rounds": 1, "batched_per_round": 3, "step_batch": 16, "steps": 1, "repeats": 3,
+         "infer_batch": 32}
+CUDA = {"batch": 128, "data_rounds": 4, "batched_per_round": 25, "step_batch": 128, "steps": 20, "repeats": 5,
+        "infer_batch": 512}
 QUICK_MODELS = ("light_resnet18", "robust_resnet64")
 
 
@@ -67,6 +71,13 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -78,35 +89,97 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-def bench_data(cfg, device, sizes, kornia: bool = False) -> dict[str, Any]:
-    """Images/s of the per-sample loader (this process, no workers) and the batched device loader."""
-    bs = sizes["batch"]
-    n = bs * (max(sizes["per_sample_batches"], sizes["batched_batches"]) + 1)
+@contextmanager
+def _one_thread():
+    """As in a DataLoader worker process, which runs torch with one intra-op thread: images/s per core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _interleaved(fns: dict[str, Callable[[], int]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Images/s of each function (it returns how many images it did), taking turns for ``rounds`` rounds so that
+    drifting machine load hits all of them alike; total images / total seconds."""
+    for fn in fns.values():
+        fn()  # warm-up: allocations, tables, DataLoader start
+    images, seconds = dict.fromkeys(fns, 0), dict.fromkeys(fns, 0.0)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            images[name] += fn()
+            _sync(device)
+            seconds[name] += time.perf_counter() - t0
+    return {name: images[name] / seconds[name] for name in fns}
+
+
+def _batches(loader):
+    """Batches from a loader forever, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def bench_data(cfg, device, sizes, kornia: bool = False, quick: bool = False) -> dict[str, Any]:
+    """Images/s of the per-sample loader (this process, no workers) and the batched device loader, in turns."""
+    bs, rounds, per_round = sizes["batch"], sizes["data_rounds"], sizes["batched_per_round"]
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, n).astype(np.int64)
+    x = rng.integers(0, 256, (4 * bs, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, len(x)).astype(np.int64)
     mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-    result: dict[str, Any] = {"batch_size": bs, "per_sample_workers": 0, "cpu_cores": os.cpu_count(),
+    per_sample = _batches(make_train_loader(dataclasses.replace(cfg, num_workers=0), x, y, mean, std, device,
+                                            "torchvision"))
+    batched = _batches(make_train_loader(cfg, x, y, mean, std, device, "device"))
+
+    def take(batches, n):
+        for _ in range(n):
+            next(batches)
+        return n * bs
+
+    def take_one_core(batches, n):
+        with _one_thread():
+            return take(batches, n)
+
+    fns = {"per_sample": lambda: take_one_core(per_sample, 1), "batched": lambda: take(batched, per_round)}
+    if device.type == "cpu":  # per core too: the fair comparison, and robust to other processes on the machine
+        fns["batched_one_thread"] = lambda: take_one_core(batched, max(1, per_round // 2))
+    rates = _interleaved(fns, rounds, device)
+    result: dict[str, Any] = {"per_sample_img_s": rates["per_sample"], "batched_img_s": rates["batched"],
+                              "ratio": rates["batched"] / rates["per_sample"], "batch_size": bs,
+                              "per_sample_workers": 0, "per_sample_threads": 1, "cpu_cores": os.cpu_count(),
                               "torch_threads": torch.get_num_threads()}
-
-    def images_per_s(loader, batches: int) -> float:
-        it = iter(loader)
-        next(it)  # warm-up: first batch (allocations, tables built, DataLoader start)
-        seconds = _seconds(lambda: [next(it) for _ in range(batches)], device)
-        return batches * bs / seconds
-
-    per_sample = make_train_loader(cfg.__class__(**{**cfg.to_dict(), "num_workers": 0}), x, y, mean, std,
-                                   device, "torchvision")
-    result["per_sample_img_s"] = images_per_s(per_sample, sizes["per_sample_batches"])
-    result["batched_img_s"] = images_per_s(make_train_loader(cfg, x, y, mean, std, device, "device"),
-                                           sizes["batched_batches"])
-    result["ratio"] = result["batched_img_s"] / result["per_sample_img_s"]
+    if "batched_one_thread" in rates:
+        result["batched_one_thread_img_s"] = rates["batched_one_thread"]
+        result["ratio_per_core"] = rates["batched_one_thread"] / rates["per_sample"]
+    if not quick:
+        result.update(bench_transform_only(cfg, x[:32], mean, std, rounds))
     if kornia:
-        result.update(bench_kornia(cfg, x[:bs], mean, std, device, sizes["batched_batches"]))
+        result.update(bench_kornia(cfg, x[:bs], mean, std, device, rounds))
     return result
 
 
-def bench_kornia(cfg, x, mean, std, device, batches: int) -> dict[str, Any]:
+def bench_transform_only(cfg, x, mean, std, rounds: int) -> dict[str, float]:
+    """The per-sample transform alone (no DataLoader, collate or mixing), one core: on PIL images, as our loader
+    and the report's pipeline feed it, and on uint8 tensors (why the loader feeds PIL)."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from .augment import train_transform
+
+    steps = list(train_transform(cfg, mean, std).transforms)
+    tensor_t = v2.Compose([t for t in steps if not isinstance(t, v2.ToImage)])  # the tensor kernels, unwrapped
+    pil_t = v2.Compose(steps)
+    tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in x]
+    pils = [Image.fromarray(a) for a in x]
+    with _one_thread():
+        rates = _interleaved({"tensor": lambda: len([tensor_t(i) for i in tensors]),
+                              "pil": lambda: len([pil_t(i) for i in pils])}, rounds, torch.device("cpu"))
+    return {"per_sample_transform_tensor_img_s": rates["tensor"], "per_sample_transform_pil_img_s": rates["pil"]}
+
+
+def bench_kornia(cfg, x, mean, std, device, rounds: int) -> dict[str, Any]:
     """kornia's per-image augmentations for the same set (its RandAugment picks ops per batch, not per image)."""
     import kornia
     import kornia.augmentation as K
@@ -119,16 +192,16 @@ def bench_kornia(cfg, x, mean, std, device, batches: int) -> dict[str, Any]:
         K.Normalize(torch.tensor(mean), torch.tensor(std)), K.RandomErasing(p=cfg.erasing_prob)).to(device)
     xb = torch.from_numpy(x).to(device).permute(0, 3, 1, 2)
     ours = BatchAugment(cfg, mean, std)
-    aug(xb.float() / 255), ours(xb)  # warm-up
-    t_kornia = _seconds(lambda: [aug(xb.float() / 255) for _ in range(batches)], device)
-    t_ours = _seconds(lambda: [ours(xb) for _ in range(batches)], device)
-    return {"kornia_version": kornia.__version__, "kornia_img_s": batches * len(xb) / t_kornia,
-            "batch_augment_img_s": batches * len(xb) / t_ours}
+    rates = _interleaved({"kornia": lambda: len(aug(xb.float() / 255)), "ours": lambda: len(ours(xb))},
+                         rounds, device)
+    return {"kornia_version": kornia.__version__, "kornia_img_s": rates["kornia"],
+            "batch_augment_img_s": rates["ours"]}
 
 
 # ----------------------------------------------------------------------------------------------------
 def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch):
-    model = build_model(name).to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(name).to(device, memory_format=fmt)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=1000)
     criterion = make_criterion(cfg)
@@ -137,7 +210,7 @@ def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch):
     step_model.train()
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x = x.contiguous(memory_format=fmt)
     soft = torch.softmax(torch.randn(batch, 10, generator=g), 1).to(device)
 
     def run(steps: int) -> None:
@@ -164,7 +237,7 @@ def bench_train_steps(cfg, models, device, sizes) -> dict[str, Any]:
                     "plain": _step_setup(cfg, name, device, dtype=None, channels_last=False, compile_=False,
                                          batch=bs)}
         for run in variants.values():
-            run(2 if cfg.compile or device.type == "cuda" else 1)  # warm-up (and compilation)
+            run(3 if cfg.compile or device.type == "cuda" else 2)  # warm-up (and compilation)
         times = {k: [] for k in variants}
         for _ in range(sizes["repeats"]):  # interleaved, so drifting machine load hits both alike
             for k, run in variants.items():
@@ -210,10 +283,10 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
     cfg = make_config("paper", augment="full", mix_prob=0.5, device=device.type, **(overrides or {}))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
+    load_before = _load_average()
     t0 = time.perf_counter()
-    data = bench_data(cfg, device, sizes, kornia=kornia)
+    data = bench_data(cfg, device, sizes, kornia=kornia, quick=quick)
     t1 = time.perf_counter()
     steps = bench_train_steps(cfg, models, device, sizes)
     t2 = time.perf_counter()
@@ -234,6 +307,7 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
         "per_sample_cores_to_feed": {m: steps["configured"][m] / data["per_sample_img_s"] for m in models},
         "peak_memory_mb": peak_memory_mb(device),
         "seconds": time.perf_counter() - t0,
+        "load_average_before_after": [load_before, _load_average()],  # other processes skew CPU timings
         "phase_seconds": {"data": t1 - t0, "train_step": t2 - t1, "inference": t3 - t2},
     }
 
@@ -244,8 +318,15 @@ def format_table(result: dict[str, Any]) -> str:
     d = result["data_pipeline"]
     lines = [f"device: {result['device']} (torch {result['versions']['torch']}){' [quick]' if result['quick'] else ''}",
              f"data pipeline, augment={result['augment']}, mix_prob={result['mix_prob']}, batch {d['batch_size']}: "
-             f"per-sample {d['per_sample_img_s']:,.0f} img/s (1 process, 0 workers) | "
-             f"batched {d['batched_img_s']:,.0f} img/s | ratio {d['ratio']:.1f}x"]
+             f"per-sample {d['per_sample_img_s']:,.0f} img/s (0 workers, 1 thread: per core) | "
+             f"batched {d['batched_img_s']:,.0f} img/s ({d['torch_threads']} threads) | ratio {d['ratio']:.1f}x"]
+    if "ratio_per_core" in d:
+        lines.append(f"per core (both on one thread): batched {d['batched_one_thread_img_s']:,.0f} img/s, "
+                     f"ratio {d['ratio_per_core']:.1f}x")
+    if "per_sample_transform_tensor_img_s" in d:
+        tensor_rate, pil_rate = d["per_sample_transform_tensor_img_s"], d["per_sample_transform_pil_img_s"]
+        lines.append(f"per-sample transform alone (no loader, one core): uint8 tensors {tensor_rate:,.0f} img/s, "
+                     f"PIL {pil_rate:,.0f} img/s")
     if "kornia_img_s" in d:
         lines.append(f"kornia {d['kornia_version']}: {d['kornia_img_s']:,.0f} img/s vs BatchAugment "
                      f"{d['batch_augment_img_s']:,.0f} img/s (augmentation only, one batch repeated)")
@@ -259,7 +340,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"train step: batch {s['batch_size']}, configured = amp {s['amp_dtype']}, channels_last "
                  f"{s['channels_last']}, compile {s['compile']}; median of {s['repeats']} repeats")
     lines.append(table.to_markdown(floatfmt=",.2f"))
-    lines.append(f"peak memory: {result['peak_memory_mb']:,.0f} MiB; {result['seconds']:.1f} s")
+    lines.append(f"peak memory: {result['peak_memory_mb']:,.0f} MiB; {result['seconds']:.1f} s; load average "
+                 f"before/after {result['load_average_before_after']}")
     return "\n".join(lines)
 
 
@@ -270,11 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--models", nargs="+", help=f"subset of {', '.join(list_models())}")
     parser.add_argument("--kornia", action="store_true", help="also time kornia's augmentations (comparison)")
-    parser.add_argument("--channels-last", action=__import__("argparse").BooleanOptionalAction, default=None,
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="override the configured step's memory format (default: lib.train's choice)")
-    parser.add_argument("--amp", action=__import__("argparse").BooleanOptionalAction, default=None,
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="override mixed precision for the configured step")
-    parser.add_argument("--compile", action=__import__("argparse").BooleanOptionalAction, default=None,
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the configured step's model")
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("channels_last", "amp", "compile") if getattr(args, k) is not None}

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ REGULARISATION_KEYS = ("dropout", "stochastic_depth_rate")
 TABLE_COLUMNS = ["Model", "#Params (M)", "N", "B", "C", "Val Acc (%)", "Reported Val Acc (%)", "Source"]
 FIGURE_TITLE = "Training vs. Best Validation Accuracy per Epoch"
 NOT_A_REPRODUCTION = "NOT a reproduction"
+TABLE_START, TABLE_END = "<!-- table1:start -->", "<!-- table1:end -->"  # report.md's generated part
 
 
 @dataclass
@@ -219,8 +222,11 @@ def _latex_escape(text: str) -> str:
     return "".join(special.get(ch, ch) for ch in text)
 
 
-def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike) -> list[Path]:
-    """``table1.md`` (pandas to_markdown) and ``table1.tex`` (pandas Styler.to_latex), written atomically."""
+def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike, update_write_up: bool = True) -> list[Path]:
+    """``table1.md`` (pandas to_markdown) and ``table1.tex`` (pandas Styler.to_latex), written atomically.
+
+    With ``update_write_up``, the table inside ``report_dir/report.md`` (between its markers) is refreshed too.
+    """
     report_dir = Path(report_dir)
     # disable_numparse: keep "5.00" as printed (tabulate would turn it into "5")
     md = (f"Table 1: List of Model Configurations Experimented.\n\n"
@@ -233,6 +239,35 @@ def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike) -> list[Pat
         with atomic_path(report_dir / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
         paths.append(report_dir / name)
+    write_up = report_dir / "report.md"
+    if update_write_up and write_up.exists() and TABLE_START in (old := write_up.read_text(encoding="utf-8")):
+        # report.md shows the generated table verbatim between its markers, never a hand-typed copy
+        new = re.sub(f"({re.escape(TABLE_START)}\n).*?(\n{re.escape(TABLE_END)})",
+                     lambda m: m.group(1) + md.strip() + m.group(2), old, flags=re.S)
+        if new != old:
+            with atomic_path(write_up) as tmp:
+                tmp.write_text(new, encoding="utf-8")
+            paths.append(write_up)
+    return paths
+
+
+def archive_metrics(runs: list[Run], report_dir: str | os.PathLike) -> list[Path]:
+    """Copy config.json + history.csv of every run on real data into ``report_dir/runs/<run name>/``.
+
+    Run folders (and their checkpoints) are not committed; these small files are, so each number in the
+    table and the write-up can be traced to the run that produced it. Synthetic (smoke) runs are skipped.
+    """
+    paths = []
+    for run in runs:
+        if run.data_source == "synthetic":
+            continue
+        dest = Path(report_dir) / "runs" / run.path.resolve().name
+        if dest.resolve() == run.path.resolve():
+            continue
+        for name in ("config.json", "history.csv"):
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(run.path / name, tmp)
+            paths.append(dest / name)
     return paths
 
 
@@ -243,8 +278,10 @@ def make_report(run_dirs: list[str | os.PathLike], figures_dir: str | os.PathLik
     shown = load_run(figure_run) if figure_run is not None else pick_figure_run(runs)
     table = table1(runs)
     figures = save_figure(plot_figure1(shown), figures_dir)
-    tables = write_table1(table, report_dir)
-    return {"table": table, "figure_run": shown.path, "paths": figures + tables}
+    # the write-up only ever shows tables built from real-data runs (a smoke run's table stays in table1.*)
+    tables = write_table1(table, report_dir, update_write_up=all(r.data_source != "synthetic" for r in runs))
+    metrics = archive_metrics(runs, report_dir)
+    return {"table": table, "figure_run": shown.path, "paths": figures + tables + metrics}
 
 
 def main(argv: list[str] | None = None) -> int:

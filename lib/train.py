@@ -25,7 +25,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import make_eval_loader, make_train_loader, resolve_loader_kind
+from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device,
                      rng_state, run_cli, seed_everything, set_rng_state)
 from .config import RunConfig, add_config_arguments, make_config, save_config
@@ -183,7 +183,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device) if cfg.amp else None
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
 
     # --- data -------------------------------------------------------------------------------------
@@ -218,7 +218,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             scaler.load_state_dict(resume_ckpt["scaler"])
         set_rng_state(resume_ckpt["rng"])
         history, best_val_acc, start_epoch = resume_ckpt["history"], resume_ckpt["best_val_acc"], resume_ckpt["epoch"]
-        print(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr)
+        print(f"{run_dir}: all {cfg.epochs} epochs already done" if start_epoch >= cfg.epochs else
+              f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr)
 
     data_info = {"source": splits.source, "description": splits.description,
                  "n_train": int(len(splits.train_y)), "n_val": int(len(splits.val_y))}

@@ -1,4 +1,5 @@
 """Fixtures every test file shares. Tests run on synthetic smoke data only, never on ../shared/data."""
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import lib` als
 
 from lib.data import write_smoke_dataset  # noqa: E402
 
-torch.set_num_threads(2)  # CI has 2 cores; more threads only contend (and with pytest-xdist, oversubscribe)
+# CI has 2 cores: 2 threads in one process, or 1 per worker under pytest-xdist (-n 2), so nothing oversubscribes.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")

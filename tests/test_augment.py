@@ -20,6 +20,11 @@ IDENTITY = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # mean/std that leave x / 255: pi
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)  # statistical checks use 5-sigma bounds; a fixed seed keeps them from ever flaking
+
+
 def cfg_(**kw):
     return make_config("smoke", **kw)
 
@@ -29,8 +34,9 @@ def images(n, seed=0):
 
 
 def per_sample(cfg, x, mean_std=IDENTITY):
+    """The per-sample path as the torchvision loader runs it: PIL images through train_transform."""
     t = train_transform(cfg, *mean_std)
-    return torch.stack([t(img) for img in x])
+    return torch.stack([t(F.to_pil_image(img)) for img in x])
 
 
 def batched(cfg, x, mean_std=IDENTITY, batch=256, record=None, **kw):
@@ -46,6 +52,12 @@ def batched(cfg, x, mean_std=IDENTITY, batch=256, record=None, **kw):
 def within(freq, p, n, sigmas=5.0):
     """An observed frequency agrees with probability p over n draws (binomial, `sigmas` standard errors)."""
     return abs(freq - p) <= sigmas * math.sqrt(p * (1 - p) / n) + 1e-9
+
+
+def same_mean(a, b, sigmas=5.0):
+    """Two samples' means agree within `sigmas` standard errors of their difference."""
+    se = math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
+    return abs(a.mean().item() - b.mean().item()) <= sigmas * se
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -81,7 +93,8 @@ PARAM_KEYS = {"crop": {"crop"}, "flip": {"flip"}, "jitter": {"jitter"}, "rotatio
 def test_each_op_switches_on_alone(op):
     cfg = cfg_(augment=op, erasing_prob=1.0)
     steps = [type(t) for t in train_transform(cfg, MEAN, STD).transforms]
-    assert steps == [V2_CLASS[op], v2.ToDtype, v2.Normalize] or steps == [v2.ToDtype, v2.Normalize, V2_CLASS[op]]
+    to_float = [v2.ToImage, v2.ToDtype, v2.Normalize]
+    assert steps == [V2_CLASS[op]] + to_float or steps == to_float + [V2_CLASS[op]]
     aug = BatchAugment(cfg, MEAN, STD)
     x = images(64)
     out = aug(x)
@@ -93,7 +106,7 @@ def test_zero_strengths_switch_ops_off():
     cfg = cfg_(augment="jitter,rotation,erasing", color_jitter=0.0, rotation_degrees=0.0, erasing_prob=0.0)
     x = images(16)
     assert torch.equal(BatchAugment(cfg, MEAN, STD)(x), BatchAugment(cfg_(augment="none"), MEAN, STD)(x))
-    assert [type(t) for t in train_transform(cfg, MEAN, STD).transforms] == [v2.ToDtype, v2.Normalize]
+    assert [type(t) for t in train_transform(cfg, MEAN, STD).transforms] == [v2.ToImage, v2.ToDtype, v2.Normalize]
 
 
 def test_bad_batch_is_rejected():
@@ -169,7 +182,7 @@ def test_masked_path_has_no_data_dependent_ops():
 
 
 def test_dispatch_modes_agree():
-    x = images(96, seed=3)
+    x = images(48, seed=3)
     cfg = cfg_(augment="crop,flip,jitter,rotation,randaugment,erasing", randaugment_ops=3)
     outs = []
     for dispatch in ("indexed", "masked"):
@@ -225,17 +238,18 @@ def test_random_erasing_rate_and_area_match():
     n, p = 1600, 0.5
     x = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)
     cfg = cfg_(augment="erasing", erasing_prob=p)
-    stats = {}
+    areas, rows = {}, {}
     for name, out in (("per-sample", per_sample(cfg, x)), ("batched", batched(cfg, x))):
-        frac = (out == 0).all(1).float().mean((1, 2))  # erased pixels become exactly 0 (value 0 after Normalize)
+        box = (out == 0).all(1)  # erased pixels become exactly 0 (value 0 after Normalize)
+        frac = box.float().mean((1, 2))
         erased = frac > 0
         assert within(erased.float().mean().item(), p, n), name
-        area = frac[erased]
+        areas[name] = frac[erased]
         # scale (0.02, 0.33) of the area, after torchvision's rounding of the box sides
-        assert area.min() >= 0.015 and area.max() <= 0.36, name
-        stats[name] = (area.mean().item(), area.std().item())
-    (m1, s1), (m2, s2) = stats.values()
-    assert abs(m1 - m2) < 0.025 and abs(s1 - s2) < 0.025, stats
+        assert areas[name].min() >= 0.015 and areas[name].max() <= 0.36, name
+        rows[name] = box[erased].float().sum(2).gt(0).sum(1).float()  # box height (aspect ratio 0.3 - 3.3)
+    assert same_mean(*areas.values()) and same_mean(*rows.values())
+    assert abs(areas["per-sample"].std() - areas["batched"].std()) < 0.02
 
 
 def test_jitter_factor_distribution_matches():
@@ -251,14 +265,13 @@ def test_jitter_factor_distribution_matches():
 
 
 def test_rotation_fill_distribution_matches():
-    n = 1000
+    n = 600
     x = torch.full((n, 3, 32, 32), 255, dtype=torch.uint8)
     cfg = cfg_(augment="rotation", rotation_degrees=10.0)
     record = []
-    fills = {name: (out == 0).all(1).float().mean((1, 2))
-             for name, out in (("per-sample", per_sample(cfg, x)), ("batched", batched(cfg, x, record=record)))}
-    m1, m2 = (f.mean().item() for f in fills.values())
-    assert 0.01 < m1 < 0.1 and abs(m1 - m2) < 0.1 * m1, fills  # zero-filled corners, same amount on average
+    fills = [(out == 0).all(1).float().mean((1, 2))  # the zero-filled corners grow with |angle|
+             for out in (per_sample(cfg, x), batched(cfg, x, record=record))]
+    assert 0.01 < fills[0].mean() < 0.1 and same_mean(*fills)
     angle = torch.cat([r["rotation"] for r in record])
     assert angle.abs().max() <= 10 and abs(angle.mean()) < 0.6 and abs(angle.std() - 10 / math.sqrt(3)) < 0.4
 
@@ -332,7 +345,7 @@ def test_batch_mix_soft_targets_rate_and_lambda():
     mix = BatchMix(cfg_(mix_prob=0.5, mixup_alpha=1.0, cutmix_alpha=1.0))
     n_batches, mixup_lams, cutmix_lams = 400, [], []
     y = torch.arange(16) % 10  # neighbours (the rolled partner) always differ in label
-    x = torch.rand(16, 3, 32, 32)
+    x = torch.rand(16, 3, 16, 16)
     for _ in range(n_batches):
         xm, soft = mix(x, y)
         assert soft.shape == (16, 10) and soft.dtype == torch.float32
@@ -378,7 +391,7 @@ def test_train_loader_batches(kind):
     assert len(loader) == len(batches) == 3  # drop_last
     for xb, soft in batches:
         assert xb.shape == (32, 3, 32, 32) and xb.dtype == torch.float32 and xb.device.type == "cpu"
-        assert xb.is_contiguous()  # NCHW on CPU (channels_last is the CUDA default)
+        assert xb.is_contiguous(memory_format=torch.channels_last)  # the default memory format, CPU too
         assert soft.shape == (32, 10) and torch.allclose(soft.sum(1), torch.ones(32))
     small = make_train_loader(cfg, x[:20], y[:20], MEAN, STD, "cpu", kind)  # smaller than one batch
     assert len(small) == 1 and next(iter(small))[0].shape[0] == 20

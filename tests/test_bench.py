@@ -1,0 +1,30 @@
+"""lib.bench: the quick CPU run writes the documented JSON with positive numbers; bad options exit 2."""
+import json
+
+from lib import bench
+from lib.common import run_cli
+
+
+def test_quick_cpu_bench_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--device", "cpu", "--json", str(out), "--models", "light_resnet18"]) == 0
+    r = json.loads(out.read_text())
+    assert r["device_type"] == "cpu" and r["device"].startswith("cpu") and r["quick"] is True
+    assert r["augment"] == "full" and r["mix_prob"] == 0.5  # the report's augmentation set, both pipelines
+    d = r["data_pipeline"]
+    assert d["per_sample_img_s"] > 0 and d["batched_img_s"] > 0 and d["per_sample_workers"] == 0
+    assert abs(d["ratio"] - d["batched_img_s"] / d["per_sample_img_s"]) < 1e-9
+    for key in ("train_step_img_s", "train_step_plain_img_s", "train_step_ratio", "inference_img_s",
+                "data_loading_share"):
+        assert set(r[key]) == {"light_resnet18"} and r[key]["light_resnet18"] > 0, key
+    assert 0 < r["data_loading_share"]["light_resnet18"] < 1
+    s = r["train_step_settings"]
+    assert s["amp_dtype"] is None and s["compile"] is False  # CPU: fp32, eager
+    assert r["peak_memory_mb"] > 0
+    printed = capsys.readouterr().out
+    assert "per-sample" in printed and "light_resnet18" in printed
+
+
+def test_bad_options_exit_2(capsys):
+    assert run_cli(bench.main, ["--device", "cpu", "--models", "resnet9000"]) == 2
+    assert "resnet9000" in capsys.readouterr().err
