@@ -21,7 +21,7 @@ SWEEP_ARGS    ?=
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
-.PHONY: venv test smoke reproduce sweep lab bench clean
+.PHONY: venv test smoke reproduce sweep lab bench clean colab-links
 
 venv: $(VENV)/.installed
 
@@ -80,3 +80,9 @@ bench: venv
 
 clean:
 	rm -rf $(SCRATCH) runs/*_smoke* data/smoke .pytest_cache
+
+# Point the README's "Open in Colab" badges and the notebooks' clone cell at a GitHub copy: make colab-links REPO=user/name
+colab-links:
+	@test -n "$(REPO)" || { echo "usage: make colab-links REPO=github-user/repository" >&2; exit 2; }
+	sed -i 's#github/[A-Za-z0-9_.-]*/[A-Za-z0-9_.-]*/blob/main/notebooks#github/$(REPO)/blob/main/notebooks#g' README.md
+	sed -i 's#https://github.com/[A-Za-z0-9_.-]*/[A-Za-z0-9_.-]*\.git#https://github.com/$(REPO).git#g' notebooks/*.ipynb
