@@ -81,7 +81,8 @@ class RunConfig:
     num_workers: Optional[int] = _opt("DataLoader workers for the torchvision loader (auto if unset)",
                                       default=None)
     compile: bool = _opt("torch.compile the model (off by default)", default=False)
-    channels_last: Optional[bool] = _opt("channels_last memory format (auto: on; measured faster on CPU and GPU)", default=None)
+    # auto = on: faster on CPU too (report/benchmarks.md)
+    channels_last: Optional[bool] = _opt("channels_last memory format (auto: on)", default=None)
     amp: bool = _opt("mixed precision on CUDA (bf16, or fp16 + GradScaler)", default=True)
     progress: bool = _opt("tqdm progress bar per epoch", default=True)
     resume: bool = _opt("continue from RUN_DIR/last.pt", default=False)
