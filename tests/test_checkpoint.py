@@ -31,7 +31,7 @@ def bad_checkpoints(tmp_path_factory):
     files = {"junk.pt": b"junk\n",  # `printf 'junk\n' > junk.pt`: used to end in struct.error
              "empty.pt": b"",
              "truncated.pt": (d / "good.pt").read_bytes()[:5000],
-             "code.pt": pickle.dumps(RunsCode())}
+             "code.pt": pickle.dumps(RunsCode(), protocol=2)}
     for name, data in files.items():
         (d / name).write_bytes(data)
     torch.save(torch.zeros(3), d / "tensor.pt")
