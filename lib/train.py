@@ -180,8 +180,11 @@ def _catch_up(run_dir: Path, ckpt: dict[str, Any]) -> None:
     last.pt then holds the newest epoch. Bring best.pt and history.csv level with it before going on."""
     best_path = run_dir / "best.pt"
     if ckpt.get("best_epoch") == ckpt["epoch"]:  # last.pt's own epoch is the best one
-        best = read_checkpoint(best_path) if best_path.exists() else None
-        if best is None or best["epoch"] != ckpt["epoch"]:
+        try:
+            best_epoch = read_checkpoint(best_path)["epoch"]
+        except UserError:  # absent or damaged: last.pt has what belongs there
+            best_epoch = None
+        if best_epoch != ckpt["epoch"]:
             with atomic_path(best_path) as tmp:
                 shutil.copyfile(run_dir / "last.pt", tmp)
     write_history(ckpt["history"], run_dir / "history.csv")
