@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import numbers
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,11 @@ AUGMENT_PRESETS = {
     "standard": ("crop", "flip"),
     "none": (),
 }
+
+
+_TYPE_CHECKS = {"int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+                "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+                "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
 
 
 def _opt(help: str, **kw):
@@ -124,6 +130,10 @@ class RunConfig:
         def need(ok: bool, opt: str, why: str):
             if not ok:
                 raise UserError(f"--{opt.replace('_', '-')} {getattr(self, opt)!r}: {why}")
+        for f in fields(self):  # types first (a notebook can pass anything), so the range checks can compare
+            value, kind = getattr(self, f.name), f.type.removeprefix("Optional[").removesuffix("]")
+            if value is not None or not f.type.startswith("Optional["):
+                need(_TYPE_CHECKS.get(kind, lambda v: True)(value), f.name, f"expected {kind}")
         need(self.profile in PROFILES, "profile", f"expected one of {', '.join(PROFILES)}")
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")

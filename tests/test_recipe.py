@@ -166,3 +166,12 @@ def test_best_pt_is_the_best_epochs_weights_even_after_a_crash(smoke_root, tmp_p
     config = json.loads((run / "config.json").read_text())
     assert config["warmup_epochs_used"] == pytest.approx(0.3)  # smoke's 0.5, capped at a tenth of 3 epochs
     assert config["data_official"] is None  # synthetic data
+
+
+def test_a_setting_of_the_wrong_type_is_named():
+    """Notebooks pass settings as Python values: a float epoch count or a string rate is a clear error."""
+    with pytest.raises(UserError, match="--epochs 2.5: expected int"):
+        make_config("paper", epochs=2.5)
+    with pytest.raises(UserError, match="--lr 'fast': expected float"):
+        make_config("paper", lr="fast")
+    assert make_config("paper", warmup_epochs=2, dropout=0).warmup_epochs == 2  # an int is a fine float
