@@ -87,8 +87,8 @@ class Run:
         if self.data_source != "cifar10":
             return self.data_source
         # data_official: lib.train records whether the files are the official release (its known checksums)
-        return {True: "CIFAR-10", False: "CIFAR-10 (re-encoded copy, not the official release)"}.get(
-            self.extra.get("data_official"), "CIFAR-10 (release not recorded)")
+        return {True: "CIFAR-10", False: "CIFAR-10 re-encoded copy, not the official release"}.get(
+            self.extra.get("data_official"), "CIFAR-10, release not recorded")
 
     def shortfalls(self) -> list[str]:
         """Why this run's numbers may not stand in Table 1's measured columns (empty: they may)."""

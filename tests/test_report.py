@@ -131,8 +131,8 @@ def test_holdout_run_counts_and_copies_are_labelled(tmp_path):
     assert row(t, "RobustResNet64")["Source"].startswith("CIFAR-10 (val = 10% hold-out, 10000 images)")
     lr18 = row(t, "LightResNet18")
     assert lr18["Best Val Acc (%)"] == "85.00"
-    assert lr18["Source"].startswith("CIFAR-10 (re-encoded copy, not the official release) (val = ")
-    assert row(table1([unknown]), "LightResNet18")["Source"].startswith("CIFAR-10 (release not recorded) (")
+    assert lr18["Source"].startswith("CIFAR-10 re-encoded copy, not the official release (val = ")
+    assert row(table1([unknown]), "LightResNet18")["Source"].startswith("CIFAR-10, release not recorded (val = ")
     assert "re-encoded copy, not the official release" in plot_figure1(copy).axes[0].get_title()
 
 
