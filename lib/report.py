@@ -260,7 +260,8 @@ def _latex_escape(text: str) -> str:
     """LaTeX's special characters in plain text (Styler escapes the cells, not the caption)."""
     special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(special.get(ch, ch) for ch in text)
+    # "--" would print as an en dash: keep option names such as --val-source as typed
+    return "".join(special.get(ch, ch) for ch in text).replace("--", "-{}-")
 
 
 def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike, update_write_up: bool = True) -> list[Path]:

@@ -156,7 +156,7 @@ def test_table_files(tmp_path):
     header = next(line for line in md.splitlines() if line.startswith("| Model"))
     assert [c.strip() for c in header.strip("|").split("|")] == TABLE_COLUMNS
     assert "| 5.00 " in md and "| 96.93 " in md and "no run yet" in md  # "5.00" kept, not turned into "5"
-    assert "optimistic" in md and "--val-source holdout" in md and "--val-source holdout" in tex
+    assert "optimistic" in md and "--val-source holdout" in md and "-{}-val-source holdout" in tex
     assert r"\#Params (M)" in tex and r"Val Acc (\%)" in tex and r"LightResNet18\_v2 (base=40)" in tex
     assert tex.count(r"\begin{tabular}") == 1 and r"\caption{" in tex
     assert not re.search(r"(?<!\\)[#%_$]", tex), "every LaTeX special character is escaped, caption included"
