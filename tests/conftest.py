@@ -1,4 +1,4 @@
-"""Fixtures every test file shares. Tests run on synthetic smoke data only, never on ../shared/data."""
+"""Fixtures every test file shares. Tests run on synthetic smoke data only, never on real CIFAR-10 files."""
 import os
 import sys
 from pathlib import Path

@@ -73,7 +73,7 @@ def test_str_keys_load_like_byte_keys(smoke_root, tmp_path):
     assert b.source == "synthetic" and b.label_names == a.label_names
 
 
-# The official files' exact format, as ../shared/tools/cifar10_from_jpeg.py writes it (copied, so the test needs
+# The official release's exact file format, written here (so the test needs
 # nothing outside the repository): Python 2 pickles with str keys, numpy.core.multiarray._reconstruct arrays.
 class Py2Str(bytes):
     pass

@@ -30,6 +30,7 @@ CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results",
 # nbval, which cannot inject parameters), never by changing a default.
 CI_MODEL = "light_resnet18"
 SMOKE_RUN = f"runs/{CI_MODEL}_smoke"  # the run folder 03 names for the smoke profile; 04 and 05 look for it
+SMOKE_OUT = "scratch/smoke"  # where 04 and 05 put a smoke report and submission (never figures/ or report/)
 TIMEOUT = 900  # seconds per subprocess: generous for a loaded 2-core CI machine
 # what notebook 03 must expose, named like the `python -m lib.train` options
 TRAINING_PARAMETERS = {"model", "profile", "epochs", "dropout", "base_channels", "blocks_per_group", "kernel_size",
@@ -176,8 +177,9 @@ def check_smoke_outputs(clone: Path, submission: Path) -> None:
     config = json.loads((clone / SMOKE_RUN / "config.json").read_text())
     assert config["profile"] == "smoke" and config["model"] == CI_MODEL and config["data_source"] == "synthetic"
     for path in ("figures/figure1.png", "figures/figure1.pdf", "report/table1.md", "report/table1.tex"):
-        assert (clone / path).stat().st_size > 0, path
-    table = (clone / "report/table1.md").read_text()
+        assert (clone / SMOKE_OUT / path).stat().st_size > 0, path
+    assert not (clone / "figures").exists() and not (clone / "report").exists(), "smoke output in committed folders"
+    table = (clone / SMOKE_OUT / "report/table1.md").read_text()
     assert "NOT a reproduction" in table and "no real run yet" in table  # a smoke number is never a result
     _, ids = load_kaggle_test(clone / "data/smoke/kaggle_test.pkl")
     with open(submission, newline="") as f:
@@ -197,7 +199,7 @@ def test_nbval_over_the_notebooks(tmp_path):
                           timeout=TIMEOUT)
     assert proc.returncode == 0, f"nbval failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
     assert " passed" in proc.stdout and "failed" not in proc.stdout
-    check_smoke_outputs(clone, clone / "submission.csv")
+    check_smoke_outputs(clone, clone / SMOKE_OUT / "submission.csv")
 
 
 @notebooks_run
@@ -231,9 +233,10 @@ def test_results_and_submission_run_alone(tmp_path, name):
     assert "no smoke run in" in stream_text(nb)
     assert (clone / SMOKE_RUN / "best.pt").is_file()
     if name == "04_results":
-        assert (clone / "figures/figure1.png").is_file() and (clone / "report/table1.md").is_file()
+        assert (clone / SMOKE_OUT / "figures/figure1.png").is_file()
+        assert (clone / SMOKE_OUT / "report/table1.md").is_file()
     else:
-        assert (clone / "submission.csv").is_file()
+        assert (clone / SMOKE_OUT / "submission.csv").is_file()
 
 
 @notebooks_run
