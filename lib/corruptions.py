@@ -30,6 +30,7 @@ from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 
 SEVERITIES = (1, 2, 3, 4, 5)
+CHUNK = 1000  # images corrupted at a time
 
 # make_cifar_c.py's constants, one entry per severity 1..5
 CONSTANTS: dict[str, list] = {
@@ -193,4 +194,6 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
         return images.copy()
     # one stream per (seed, corruption, severity): adding a corruption never changes another's noise
     rng = np.random.default_rng([seed % 2**32, zlib.crc32(name.encode()), severity])
-    return CORRUPTIONS[name](images, CONSTANTS[name][severity - 1], rng)
+    fn, c = CORRUPTIONS[name], CONSTANTS[name][severity - 1]
+    # in chunks: the float64 intermediates of 10,000 images would take a few GB at once
+    return np.concatenate([fn(images[i:i + CHUNK], c, rng) for i in range(0, len(images), CHUNK)])
