@@ -247,6 +247,9 @@ def write_analysis(result: dict, out: str | os.PathLike) -> list[Path]:
         for path in sorted(tmp.iterdir()):
             os.replace(path, out / path.name)  # atomic per file, same filesystem
             written.append(out / path.name)
+    for stale in ("corruptions.csv", "corruptions.png"):  # from an earlier run of the grid, now --corruptions none
+        if out / stale not in written:
+            (out / stale).unlink(missing_ok=True)
     return written
 
 

@@ -183,6 +183,17 @@ def test_data_without_the_runs_split(run_dir, smoke_root, tmp_path, capsys):
            capsys, TEST_BATCH, out)
 
 
+def test_a_rerun_replaces_the_files(analysis, run_dir, smoke_root, tmp_path):
+    """Into a folder holding an earlier analysis, without corruptions: no stale corruptions.csv survives."""
+    out = tmp_path / "out"
+    shutil.copytree(analysis, out)
+    argv = ["--checkpoint", str(run_dir), "--data-dir", str(smoke_root), "--out", str(out), "--corruptions", "none",
+            "--no-tta", "--device", "cpu"]
+    assert run_cli(main, argv) == 0
+    assert {p.name for p in out.iterdir()} == FILES - {"corruptions.csv", "corruptions.png"}
+    assert json.loads((out / "metrics.json").read_text())["accuracy_tta"] is None
+
+
 def test_a_failed_write_leaves_nothing(tmp_path):
     class Broken:
         def savefig(self, *a, **k):
