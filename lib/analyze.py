@@ -1,7 +1,7 @@
 """Where a checkpoint fails, how far its confidence can be trusted, and how it holds up under corruption.
 
-    python -m lib.analyze --checkpoint runs/r64/best.pt --data-dir data --out analysis/r64
-    python -m lib.analyze --checkpoint runs/r64 --out analysis/r64 --corruptions gaussian_noise,contrast --severities 1,5
+    python -m lib.analyze --checkpoint runs/r64/best.pt --data-dir data --out runs/r64/analysis
+    python -m lib.analyze --checkpoint runs/r64 --out runs/r64/analysis --corruptions contrast --severities 1,5
 
 Evaluates the checkpoint on the validation split its run used (rebuilt from the checkpoint's config, as
 ``lib.predict.evaluate``) and writes to OUT_DIR: ``metrics.json``, ``predictions.npz`` (``probs`` without TTA,
