@@ -24,7 +24,8 @@ from lib.config import RunConfig
 from lib.data import load_kaggle_test
 
 REPO = Path(__file__).resolve().parent.parent
-CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results", "05_kaggle_submission"]
+CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results", "05_kaggle_submission",
+         "06_analysis"]
 # The notebooks default to the report's RobustResNet64; a smoke epoch of it takes minutes on 2 CPU cores, so the
 # executions here pick LightResNet18 -- through the notebooks' own parameter (papermill -p, or CIFAR_MODEL for
 # nbval, which cannot inject parameters), never by changing a default.
@@ -208,7 +209,8 @@ def test_papermill_chain(tmp_path):
     clone, out = fresh_clone(tmp_path / "clone"), tmp_path / "executed"
     env = smoke_env()
     for name in CHAIN:
-        params = {"model": CI_MODEL} if name in ("03_training", "04_results", "05_kaggle_submission") else {}
+        params = {"model": CI_MODEL} if name in ("03_training", "04_results", "05_kaggle_submission",
+                                                 "06_analysis") else {}
         if name == "05_kaggle_submission":
             params["submission_file"] = tmp_path / "submission.csv"
         nb = papermill(clone, name, out, env, **params)
