@@ -2,10 +2,10 @@
 
 Small published facts, kept here rather than read from torchvision's private tables (``_AUGMENTATION_SPACE``,
 ``_policies``), so that every torchvision the requirements allow gives the batched path the same augmentations.
-Values as in the RandAugment paper (Cubuk et al. 2019, arXiv:1909.13719) and AutoAugment's CIFAR-10 policy
-(Cubuk et al. 2018, arXiv:1805.09501, appendix table), with torchvision's conventions (magnitude bins,
-translation 150/331 of the image size, tests/test_augment.py compares them with torchvision where it still
-exposes its tables).
+Values from the RandAugment paper (Cubuk et al. 2019, arXiv:1909.13719) and AutoAugment's CIFAR-10 policy
+(Cubuk et al. 2018, arXiv:1805.09501), in torchvision's conventions (magnitude bins; translation up to 150/331 of
+the image side). tests/test_batch_augment.py checks them against hand-computed values, and against torchvision's
+own tables where the installed version still has them.
 """
 from __future__ import annotations
 
