@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 import lib.batch_augment as batch_augment
-from augment_helpers import IDENTITY, MEAN, STD, batched, cfg_, images, per_sample, same_mean, within
+from augment_helpers import MEAN, STD, batched, cfg_, images, per_sample, same_mean, within
 from lib.augment import BatchMix
 from lib.batch_augment import BatchAugment, apply_policy_op, color_jitter, rotation_matrix, warp
 from lib.policies import (AUTOAUGMENT_BINS, AUTOAUGMENT_CIFAR10, OP, OPS, RANDAUGMENT_BINS, RANDAUGMENT_OPS,
