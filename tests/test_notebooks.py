@@ -70,7 +70,7 @@ def parameters(nb) -> dict[str, ast.expr]:
 # --------------------------------------------------------------------------------------------------------------
 # The committed files (fast)
 # --------------------------------------------------------------------------------------------------------------
-def test_the_five_notebooks_are_there():
+def test_chain_lists_every_notebook():
     assert sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")) == CHAIN
 
 
