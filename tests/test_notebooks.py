@@ -185,7 +185,7 @@ class Chain:
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory) -> Chain:
     """CHAIN executed once, in order, in one fresh clone. A failing notebook does not stop the ones after it: each
-    check reports its own notebook. (Tests using it share an xdist group, so one worker runs it once.)"""
+    check reports its own notebook."""
     root = tmp_path_factory.mktemp("chain")
     result = Chain(fresh_clone(root / "clone"), root / "executed")
     result.out_dir.mkdir()
@@ -199,10 +199,9 @@ def stream_text(nb) -> str:
     return "".join(o.get("text", "") for c in code_cells(nb) for o in c.outputs if o.output_type == "stream")
 
 
-def chain_check(test):
-    """Marks a check on the chain: `notebooks` (-m "not notebooks" skips it), and one xdist group, so that the one
-    worker that runs the chain runs every check on it (pytest.ini: --dist loadgroup)."""
-    return pytest.mark.notebooks(pytest.mark.xdist_group("notebooks")(test))
+# A check on the chain: -m "not notebooks" skips it. (Under pytest -n, tests/conftest.py schedules this whole file
+# on one worker, so the chain executes once.)
+chain_check = pytest.mark.notebooks
 
 
 @chain_check
