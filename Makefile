@@ -33,8 +33,8 @@ $(VENV)/.installed: requirements.txt tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
 	touch $@
 
-# The test suite: unit tests, the notebooks under nbval and papermill (tests/test_notebooks.py), all on smoke
-# data, on the CPU.
+# The test suite: unit tests and each notebook executed once by papermill (tests/test_notebooks.py), all on
+# smoke data, on the CPU. Deselect the notebook chain with: $(PY) -m pytest -n 2 -m "not notebooks".
 test: venv
 	$(PY) -m pytest -q -n 2
 

@@ -10,7 +10,7 @@ import pytest
 
 from lib.common import UserError, run_cli
 from lib.config import make_config, save_config
-from lib.models import REPORTED, build_model, count_parameters
+from lib.models import build_model
 from lib.report import (FIGURE_TITLE, NOT_A_REPRODUCTION, TABLE_COLUMNS, load_run, main, pick_figure_run,
                         plot_figure1, table1, write_table1)
 from lib.train import train
@@ -54,20 +54,23 @@ def row(table: pd.DataFrame, label: str) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------------------------------- Table 1
-def test_table_lists_the_four_models_with_computed_columns():
+# The original report's Table 1: #Params (M), N, B, C and Val Acc (%) as printed
+REPORT_TABLE1 = {"LightResNet18": (2.81, "4", "2 (per group)", "32, 64, 128, 256", "93.12"),
+                 "LightResNet18_v2 (base=40)": (4.39, "4", "2 (per group)", "40, 80, 160, 320", "94.35"),
+                 "LightResNet18_v2 (base=45)": (5.00, "4", "2 (per group)", "45, 90, 170, 340", "94.88"),
+                 "RobustResNet64": (3.80, "3", "10 (per group)", "32, 64, 128", "96.93")}
+
+
+def test_table_lists_the_four_models_with_the_reports_columns():
     t = table1([])
     assert list(t.columns) == TABLE_COLUMNS
-    assert list(t["Model"]) == [r["label"] for r in REPORTED.values()]
-    for name, rep in REPORTED.items():
-        r, model = row(t, rep["label"]), build_model(name)
-        assert r["#Params (M)"] == f"{count_parameters(model) / 1e6:.2f}"
-        assert r["N"] == str(model.config["num_groups"])
-        assert r["B"] == f"{model.config['blocks_per_group']} (per group)"
-        assert r["C"] == ", ".join(map(str, model.config["widths"]))
-        assert r["Reported Val Acc (%)"] == f"{rep['val_acc']:.2f}"
+    assert list(t["Model"]) == list(REPORT_TABLE1)
+    for label, (params_m, n, b, c, val_acc) in REPORT_TABLE1.items():
+        r = row(t, label)
+        # our count of the built model; the report rounds differently for LightResNet18 (2.80 vs 2.81)
+        assert abs(float(r["#Params (M)"]) - params_m) <= 0.011, label
+        assert [r["N"], r["B"], r["C"], r["Reported Val Acc (%)"]] == [n, b, c, val_acc], label
         assert r["Best Val Acc (%)"] == r["Final Val Acc (%)"] == "no run yet"
-    assert list(t["Reported Val Acc (%)"]) == ["93.12", "94.35", "94.88", "96.93"]
-    assert row(t, "RobustResNet64")[["N", "B", "C"]].tolist() == ["3", "10 (per group)", "32, 64, 128"]
 
 
 def test_smoke_and_synthetic_numbers_never_fill_the_val_acc_column(tmp_path):
@@ -143,7 +146,7 @@ def test_custom_architecture_gets_its_own_row(smoke_run, tmp_path):
     assert len(t) == 5 and row(t, "LightResNet18")["Best Val Acc (%)"] == "no run yet"
     custom = t.iloc[4]
     assert custom["Model"] == "LightResNet18 (custom: widths [8, 16, 32, 64])"
-    assert custom["#Params (M)"] == f"{count_parameters(build_model(**run.model_config)) / 1e6:.2f}"
+    assert custom["#Params (M)"] == "0.18"  # 176,402: a quarter of LightResNet18's widths, ~1/16 of its weights
     assert custom["C"] == "8, 16, 32, 64" and custom["Best Val Acc (%)"] == "no real run yet"
     assert "synthetic smoke data" in custom["Source"] and NOT_A_REPRODUCTION in custom["Source"]
     assert "smoke profile, 2 epochs" in custom["Source"]
