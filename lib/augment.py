@@ -104,9 +104,13 @@ def resolve_loader_kind(name: str, device: torch.device | str) -> str:
 
 
 def resolve_channels_last(channels_last: bool | None, device: torch.device | str) -> bool:
-    """cfg.channels_last=None -> on, on CUDA (tensor cores want NHWC) and on CPU too: oneDNN's NHWC convolutions
-    trained all four models 2-17% faster than NCHW on 2 CPU cores, never slower (report/benchmarks.md)."""
-    return True if channels_last is None else bool(channels_last)
+    """cfg.channels_last=None -> on CUDA (tensor cores want NHWC), off on the CPU. NHWC was 2-17% faster on 2 CPU
+    cores (report/benchmarks.md), but torch 2.14.1's oneDNN backward crashes the process (segfault, heap corruption)
+    for some shapes in NHWC, e.g. light_resnet18 at base width 8 with batch 25 on 2 threads; NCHW never did.
+    ``--channels-last`` still turns it on."""
+    if channels_last is None:
+        return torch.device(device).type == "cuda"
+    return bool(channels_last)
 
 
 def default_num_workers(device: torch.device | str) -> int:

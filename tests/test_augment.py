@@ -126,7 +126,7 @@ def test_train_loader_batches(kind):
     assert len(loader) == len(batches) == 3  # drop_last
     for xb, soft in batches:
         assert xb.shape == (32, 3, 32, 32) and xb.dtype == torch.float32 and xb.device.type == "cpu"
-        assert xb.is_contiguous(memory_format=torch.channels_last)  # the default memory format, CPU too
+        assert xb.is_contiguous() and not xb.is_contiguous(memory_format=torch.channels_last)  # CPU default: NCHW
         assert soft.shape == (32, 10) and torch.allclose(soft.sum(1), torch.ones(32))
     small = make_train_loader(cfg, x[:20], y[:20], MEAN, STD, "cpu", kind)  # smaller than one batch
     assert len(small) == 1 and next(iter(small))[0].shape[0] == 20
