@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -139,7 +140,7 @@ class Launcher:
         for flag, value in (("--data-dir", a.data_dir), ("--train-size", a.train_size), ("--val-size", a.val_size)):
             if value is not None:
                 cmd += [flag, str(value)]
-        return cmd + list(extra)
+        return cmd + shlex.split(a.train_args) + list(extra)
 
     def run(self, jobs: dict[str, tuple[str, Path, int, tuple[str, ...]]], deadline: float) -> dict[str, Any]:
         """Start every job at once; wait until all end or the deadline passes, then SIGTERM (SIGKILL after
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: the profile's)")
     p.add_argument("--train-size", type=int, help="subset of the training split (dry run only)")
     p.add_argument("--val-size", type=int, help="subset of the test split (dry run only)")
+    p.add_argument("--train-args", default="",
+                   help="more lib.train options for every run (dry run: e.g. '--base-channels 8')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", nargs="+", default=list(TABLE1_MODELS))
     p.add_argument("--ab-share", type=float, default=0.2, help="share of the run budget kept for the loader A/B")

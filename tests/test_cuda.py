@@ -31,9 +31,8 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
 def tiny(smoke_root, out, **kw):
     settings = dict(model="light_resnet18", base_channels=16, progress=False, device="cuda",
-                    data_dir=str(smoke_root), out=str(out), train_size=320, val_size=200, batch_size=32,
-                    epochs=1, **kw)
-    return make_config("smoke", **settings)
+                    data_dir=str(smoke_root), out=str(out), train_size=320, val_size=200, batch_size=32, epochs=1)
+    return make_config("smoke", **{**settings, **kw})
 
 
 def read_history_rows(run_dir):
