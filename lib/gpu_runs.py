@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="paper", choices=("paper", "smoke"),
                    help="the runs' profile: paper (the report's recipe) or smoke (dry run on synthetic data)")
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: the profile's)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 into the data folder if absent")
     p.add_argument("--train-size", type=int, help="subset of the training split (dry run only)")
     p.add_argument("--val-size", type=int, help="subset of the test split (dry run only)")
     p.add_argument("--train-args", default="",
@@ -314,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available (use --device cpu for a dry run)")
     # the data once, here: runs started together must not all write the smoke files at once
-    from .data import ensure_smoke_data, find_cifar_dir
+    from .data import ensure_smoke_data, find_cifar_dir, load_cifar10
     if args.profile == "smoke":
         ensure_smoke_data(args.data_dir or "data/smoke")
     else:
+        if args.download:
+            load_cifar10(args.data_dir or "data", download=True)
         find_cifar_dir(args.data_dir or "data")  # a clear error now rather than in four logs
     launcher = Launcher(args)
     if meas is None:
