@@ -109,7 +109,7 @@ CONVERTER ?= $(SHARED_DATA)/../tools/cifar10_from_jpeg.py
 gpu-prepare:
 	@test -n "$(SHARED_DATA)" || { echo "usage: make gpu-prepare SHARED_DATA=folder-with-the-tarballs" >&2; exit 2; }
 	mkdir -p .carry
-	cp $(SHARED_DATA)/cifar10-train-jpeg.tar.gz $(SHARED_DATA)/cifar10-test-jpeg.tar.gz $(CONVERTER) .carry/
+	install -m 644 $(SHARED_DATA)/cifar10-train-jpeg.tar.gz $(SHARED_DATA)/cifar10-test-jpeg.tar.gz $(CONVERTER) .carry/
 
 clean:
 	rm -rf $(SCRATCH) runs/*_smoke* data/smoke .pytest_cache

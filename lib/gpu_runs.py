@@ -45,6 +45,11 @@ class Measured:
     epoch_s: float                     # one epoch (training + validation) alone on the device
     overhead_s: float                  # the rest of a run: start, data loading, model set-up
     concurrent_epoch_s: float | None = None  # one epoch while all the models train at once
+    concurrent_overhead_s: float | None = None  # the rest of such a run (starts compete for the CPU too)
+
+    @property
+    def overhead_together_s(self) -> float:
+        return self.overhead_s if self.concurrent_overhead_s is None else self.concurrent_overhead_s
 
 
 def fit(budget_s: float, overhead_s: float, epoch_s: float) -> int:
@@ -71,7 +76,7 @@ def plan_concurrent(m: dict[str, Measured], budget_s: float, full: bool) -> dict
     """All runs at once; each model's time is overhead + n * (its epoch time while all four run), an upper
     bound because the others speed up when the first ones finish."""
     others = {k: x for k, x in m.items() if not (full and k == FULL_MODEL)}
-    n = min((fit(budget_s, x.overhead_s, x.concurrent_epoch_s) for x in others.values()), default=0)
+    n = min((fit(budget_s, x.overhead_together_s, x.concurrent_epoch_s) for x in others.values()), default=0)
     epochs = dict.fromkeys(others, min(n, FULL_EPOCHS))
     if full:
         epochs[FULL_MODEL] = FULL_EPOCHS
@@ -79,10 +84,9 @@ def plan_concurrent(m: dict[str, Measured], budget_s: float, full: bool) -> dict
 
 
 def predicted_seconds(m: dict[str, Measured], epochs: dict[str, int], mode: str) -> float:
-    runs = [(m[k].overhead_s, n * (m[k].epoch_s if mode == "sequential" else m[k].concurrent_epoch_s))
-            for k, n in epochs.items() if n > 0]
     if mode == "sequential":
-        return sum(o + t for o, t in runs)
+        return sum(m[k].overhead_s + n * m[k].epoch_s for k, n in epochs.items() if n > 0)
+    runs = [(m[k].overhead_together_s, n * m[k].concurrent_epoch_s) for k, n in epochs.items() if n > 0]
     return max((o + t for o, t in runs), default=0.0)
 
 
@@ -223,7 +227,8 @@ def measure(args, launcher: Launcher, deadline: float) -> dict[str, Any]:
 
 
 def run_phase(args, launcher: Launcher, meas: dict[str, Any], start: float, deadline: float) -> dict[str, Any]:
-    m = {k: Measured(v["epoch_s"], v["overhead_s"], v.get("concurrent_epoch_s"))
+    m = {k: Measured(v["epoch_s"], v["overhead_s"], v.get("concurrent_epoch_s"),
+                     v.get("concurrent_wall_s", 0) - v.get("concurrent_epoch_s", 0) or None)
          for k, v in meas.get("models", {}).items() if k in args.models}
     missing = [k for k in args.models if k not in m]
     if missing:

@@ -3,7 +3,7 @@
 # pandas, pytest) and no network:
 #
 #   bash tests/gpu_window.sh call1   # CUDA tests, lib.bench, one epoch of each model to size the schedule (~4 min)
-#   bash tests/gpu_window.sh call2   # Table-1 runs + the loader A/B, inside GPU_MINUTES (default 7)
+#   bash tests/gpu_window.sh call2   # Table-1 runs + the loader A/B, inside GPU_MINUTES (default 6.5)
 #
 # Data: CIFAR-10 in DATA (default data/), else converted there from .carry/ (make gpu-prepare puts the two JPEG
 # tarballs and their converter there). call2 plans from .carry/measure.json (call1's, copied back) or, on the same
@@ -16,10 +16,11 @@ PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 DATA=${DATA:-data}
 GPU_OUT=${GPU_OUT:-runs/gpu}
-GPU_MINUTES=${GPU_MINUTES:-7}
-MEASURE_MINUTES=${MEASURE_MINUTES:-3}
+GPU_MINUTES=${GPU_MINUTES:-6.5}
+MEASURE_MINUTES=${MEASURE_MINUTES:-2.5}
 GPU_ARGS=${GPU_ARGS:-}
 export PYTHONUNBUFFERED=1
+eval "gpu_args=($GPU_ARGS)"  # shell words, so quoted options (--train-args '...') survive
 phase=${1:?usage: tests/gpu_window.sh call1|call2}
 mkdir -p "$GPU_OUT"
 log="$GPU_OUT/$phase.log"
@@ -56,9 +57,8 @@ call1)
   bench_args=(); [[ $DEVICE == cpu ]] && bench_args=(--quick)
   "$PY" -m lib.bench --device "$DEVICE" --json "$GPU_OUT/bench_$DEVICE.json" "${bench_args[@]}" || status=1
   rm -rf "$GPU_OUT/measure" "$GPU_OUT/measure.json"
-  # shellcheck disable=SC2086  # GPU_ARGS is a list of options
   "$PY" -m lib.gpu_runs measure --device "$DEVICE" --out "$GPU_OUT" --minutes "$MEASURE_MINUTES" \
-    "${data_args[@]}" $GPU_ARGS || status=1
+    "${data_args[@]}" "${gpu_args[@]}" || status=1
   bundle measure_runs.tar.gz measure
   files=(gpu.txt pytest_cuda.log "bench_$DEVICE.json" measure.json measure_runs.tar.gz call1.log)
   ;;
@@ -70,15 +70,13 @@ call2)
   rm -rf "$GPU_OUT/table1" "$GPU_OUT/ab" "$GPU_OUT/summary.json"  # a rerun replaces the last one
   if [[ -n $measure ]]; then
     echo "planning from $measure"
-    # shellcheck disable=SC2086
     "$PY" -m lib.gpu_runs run --measure "$measure" --device "$DEVICE" --out "$GPU_OUT" --minutes "$GPU_MINUTES" \
-      "${data_args[@]}" $GPU_ARGS || status=1
+      "${data_args[@]}" "${gpu_args[@]}" || status=1
   else
     echo "no measure.json: measuring first, inside the same budget"
     rm -rf "$GPU_OUT/measure"
-    # shellcheck disable=SC2086
     "$PY" -m lib.gpu_runs all --device "$DEVICE" --out "$GPU_OUT" --minutes "$GPU_MINUTES" \
-      "${data_args[@]}" $GPU_ARGS || status=1
+      "${data_args[@]}" "${gpu_args[@]}" || status=1
   fi
   bundle runs.tar.gz table1 ab measure
   files=(summary.json runs.tar.gz call2.log)

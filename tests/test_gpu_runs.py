@@ -56,6 +56,14 @@ def test_no_full_reproduction_when_it_does_not_fit():
     assert plan["mode"] == "concurrent" and plan["epochs"] == {"light_resnet18": 131, R: 131}
 
 
+def test_concurrent_plan_uses_the_overhead_measured_together():
+    # starting all at once took 40 s each: min((400 - 40) // 15, (400 - 40) // 25) = min(24, 14) = 14 > 12
+    m = {"light_resnet18": Measured(10, 5, 15, 40), R: Measured(20, 10, 25, 40)}
+    plan = choose_plan(m, 400)
+    assert plan["mode"] == "concurrent" and plan["epochs"] == {"light_resnet18": 14, R: 14}
+    assert plan["predicted_s"] == pytest.approx(40 + 14 * 25)
+
+
 def test_without_a_concurrent_measurement_only_sequential():
     plan = choose_plan({R: Measured(20, 10)}, 100)
     assert plan["mode"] == "sequential" and plan["epochs"] == {R: 4} and plan["alternatives"] == []
