@@ -122,7 +122,7 @@ def test_cuda_predictions_equal_cpu_predictions(smoke_root, tmp_path):
     assert np.isfinite(gpu).all() and np.allclose(gpu.sum(1), 1, atol=1e-3)
     # CUDA runs in mixed precision (bf16 keeps ~3 significant digits): probabilities agree to a few hundredths,
     # and every prediction whose top two classes are not a near-tie is the same class
-    assert np.abs(gpu - cpu).max() < 0.05 and np.abs(gpu - cpu).mean() < 0.005
+    assert np.abs(gpu - cpu).max() < 0.05 and np.abs(gpu - cpu).mean() < 0.01
     top2 = np.sort(cpu, 1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 0.05
     assert clear.mean() > 0.5  # the check below has something to check
