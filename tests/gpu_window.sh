@@ -49,7 +49,7 @@ bundle() {  # the run folders' small files (never checkpoints) as one archive
 
 case $phase in
 call1)
-  { nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv || true; } > "$GPU_OUT/gpu.txt"
+  { nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>&1 || true; } > "$GPU_OUT/gpu.txt"
   "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
     | tee -a "$GPU_OUT/gpu.txt"
   "$PY" -m pytest -m cuda -p no:cacheprovider tests/test_cuda.py -q 2>&1 | tee "$GPU_OUT/pytest_cuda.log" \
