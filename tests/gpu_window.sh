@@ -2,7 +2,8 @@
 # One short GPU window in two calls, on a machine with one CUDA GPU, its system python3 (torch, torchvision,
 # pandas, pytest) and no network:
 #
-#   bash tests/gpu_window.sh call1   # CUDA tests, lib.bench, one epoch of each model to size the schedule (~4 min)
+#   bash tests/gpu_window.sh call1   # CUDA tests, lib.bench, one epoch of each model to size the schedule
+#                                    # (~4 min; at most 20 s data + 160 s tests + 160 s bench + MEASURE_MINUTES)
 #   bash tests/gpu_window.sh call2   # Table-1 runs + the loader A/B, inside GPU_MINUTES (default 6.5)
 #
 # Data: CIFAR-10 in DATA (default data/), else converted there from .carry/ (make gpu-prepare puts the two JPEG
@@ -52,10 +53,12 @@ call1)
   { nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>&1 || true; } > "$GPU_OUT/gpu.txt"
   "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
     | tee -a "$GPU_OUT/gpu.txt"
-  "$PY" -m pytest -m cuda -p no:cacheprovider tests/test_cuda.py -q 2>&1 | tee "$GPU_OUT/pytest_cuda.log" \
-    || status=1
+  # hard limits, so that a hang cannot eat the window (SIGTERM, then SIGKILL 10 s later)
+  timeout -k 10 "${TESTS_SECONDS:-150}" "$PY" -m pytest -m cuda -p no:cacheprovider tests/test_cuda.py -q 2>&1 \
+    | tee "$GPU_OUT/pytest_cuda.log" || status=1
   bench_args=(); [[ $DEVICE == cpu ]] && bench_args=(--quick)
-  "$PY" -m lib.bench --device "$DEVICE" --json "$GPU_OUT/bench_$DEVICE.json" "${bench_args[@]}" || status=1
+  timeout -k 10 "${BENCH_SECONDS:-150}" "$PY" -m lib.bench --device "$DEVICE" --json "$GPU_OUT/bench_$DEVICE.json" \
+    "${bench_args[@]}" || status=1
   rm -rf "$GPU_OUT/measure" "$GPU_OUT/measure.json"
   "$PY" -m lib.gpu_runs measure --device "$DEVICE" --out "$GPU_OUT" --minutes "$MEASURE_MINUTES" \
     "${data_args[@]}" "${gpu_args[@]}" || status=1
