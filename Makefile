@@ -38,9 +38,10 @@ $(VENV)/.installed: requirements.txt tests/requirements.txt
 test: venv
 	$(PY) -m pytest -q -n 2
 
-# Notebooks 01-05 on the smoke profile (synthetic CIFAR-format data in data/smoke when CIFAR-10 is absent), executed
+# Notebooks 01-06 on the smoke profile (synthetic CIFAR-format data in data/smoke when CIFAR-10 is absent), executed
 # with papermill into $(SMOKE_OUT)/: 03 trains into $(SMOKE_RUNS), 04 writes Figure 1 and Table 1 (marked "NOT a
-# reproduction") into $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report, 05 writes $(SMOKE_OUT)/submission.csv.
+# reproduction") into $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report, 05 writes $(SMOKE_OUT)/submission.csv, 06 analyses the run
+# into $(SMOKE_RUNS)/<run>/analysis.
 # The committed figures/ and report/ are never touched: only runs on real data update them (lib.report, notebook 04).
 smoke: venv
 	rm -rf $(SMOKE_OUT)
@@ -54,6 +55,8 @@ smoke: venv
 		-p figures_dir $(SMOKE_OUT)/figures -p report_dir $(SMOKE_OUT)/report
 	$(SMOKE_NB) notebooks/05_kaggle_submission.ipynb $(SMOKE_OUT)/05_kaggle_submission.ipynb \
 		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS) -p submission_file $(SMOKE_OUT)/submission.csv
+	$(SMOKE_NB) notebooks/06_analysis.ipynb $(SMOKE_OUT)/06_analysis.ipynb \
+		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS)
 	@echo "smoke: executed notebooks, figures/, report/ and submission.csv in $(SMOKE_OUT)/" \
 		"(synthetic data: a pipeline check, not results; the committed figures/ and report/ are unchanged)"
 
