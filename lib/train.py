@@ -166,8 +166,12 @@ def _check_resume_config(cfg: RunConfig, stored: dict[str, Any], path: Path) -> 
 # ----------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Train one run as configured; returns {"run_dir", "best_val_acc", "epochs_done", "history"}."""
+def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
+    """Train one run as configured; returns {"run_dir", "best_val_acc", "epochs_done", "history"}.
+
+    ``on_epoch(row)``, if given, is called with each epoch's history row once its checkpoint and history.csv
+    are written (lib.sweep reports it to Ray Tune).
+    """
     cfg.validate()
     run_dir = Path(cfg.out)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -279,6 +283,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4f}  train_loss {row['train_loss']:.4f}  "
               f"train_acc {row['train_acc']:.2%}  val_loss {val_loss:.4f}  val_acc {val_acc:.2%}  "
               f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
+        if on_epoch is not None:
+            on_epoch(dict(row))
     return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": len(history),
             "history": history}
 
