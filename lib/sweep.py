@@ -276,7 +276,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
             # workers inherit this environment: make `import lib` work wherever Tune puts them
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH"))
                                                        if p)
-            for attempt in (1, 2):
+            for attempt in (1, 2, 3):
                 try:  # light: no dashboard, a small object store (trials exchange only metrics)
                     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=100 * 2**20,
                              logging_level="WARNING")
@@ -285,9 +285,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
                     raise
                 except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a start-up timeout
                     # The raylet waits only 15 s for its Python agents; on a loaded machine their first import
-                    # can take longer. The second start finds the files in the page cache.
+                    # can take longer. A later start finds the files in the page cache.
                     ray.shutdown()
-                    if attempt == 2 or "timed out during startup" not in str(exc):
+                    if attempt == 3 or "timed out during startup" not in str(exc):
                         raise
                     print(f"Ray start-up timed out ({exc}); trying once more", file=sys.stderr)
     except ConnectionError as exc:
@@ -320,8 +320,9 @@ def run_sweep(spec: dict[str, Any], sweep_dir: Path, resume: bool = False):
             param_space={k: choose(v) for k, v in spec["params"].items()},
             tune_config=tune.TuneConfig(
                 metric=spec["metric"], mode=mode, scheduler=scheduler, num_samples=spec["samples"],
-                search_alg=BasicVariantGenerator(random_state=spec["search_seed"]),
-                max_concurrent_trials=spec["max_concurrent"] or None),
+                reuse_actors=True,  # a trial after another skips a worker start-up (importing torch: seconds)
+                search_alg=BasicVariantGenerator(random_state=spec["search_seed"],
+                                                 max_concurrent=spec["max_concurrent"])),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(sweep_dir), verbose=1,
                 failure_config=tune.FailureConfig(max_failures=1),  # a dead trial restarts, from last.pt
@@ -396,11 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = build_spec(args)
     sweep_dir = Path(args.out)
     resuming = check_sweep_dir(sweep_dir, spec, args.resume)
-    if spec["profile"] == "smoke":
-        from .data import ensure_smoke_data
-        ensure_smoke_data(spec["fixed"]["data_dir"])  # once here, not racing in parallel trials
     started = start_ray(args.address, args.num_cpus)
     try:
+        if spec["profile"] == "smoke":
+            from .data import ensure_smoke_data
+            ensure_smoke_data(spec["fixed"]["data_dir"])  # once here, not racing in parallel trials
         if not resuming:
             atomic_write_text(sweep_dir / "sweep.json", json.dumps(spec, indent=2) + "\n")
         results = run_sweep(spec, sweep_dir, resume=resuming)  # SweepTable writes sweep.csv as trials end
