@@ -76,13 +76,13 @@ def test_random_search_runs_the_requested_samples(ray_address, smoke_root, tmp_p
 
 def test_asha_stops_the_weak_trial_early(ray_address, smoke_root, tmp_path):
     # Designed case: lr 1e-5 barely moves the network (val loss ~ ln 10 = 2.3 after one epoch), lr 0.5 blows up
-    # the batch-norm statistics on 2 steps (val loss in the thousands). One trial at a time, the good one
+    # the batch-norm statistics in 2 steps (val loss in the thousands). One trial at a time, the good one
     # first, so ASHA's first rung (epoch 1) has its result when the bad one arrives and stops it there.
     out = tmp_path / "asha"
-    assert run(["--data-dir", str(smoke_root), "--epochs", "3", "--param", "lr=0.00001,0.5",
+    assert run(["--data-dir", str(smoke_root), "--epochs", "2", "--param", "lr=0.00001,0.5",
                 "--scheduler", "asha", "--metric", "val_loss", "--max-concurrent", "1", "--out", str(out)]) == 0
     rows = {float(r["lr"]): r for r in read_csv(out / "sweep.csv")}
-    assert rows[0.00001]["status"] == "finished" and rows[0.00001]["epochs_done"] == "3"
+    assert rows[0.00001]["status"] == "finished" and rows[0.00001]["epochs_done"] == "2"
     assert rows[0.5]["status"] == "stopped early" and rows[0.5]["epochs_done"] == "1"
     assert len(read_csv(out / rows[0.5]["run_dir"] / "history.csv")) == 1
 
