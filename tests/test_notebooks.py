@@ -25,6 +25,7 @@ from lib.data import load_kaggle_test
 
 REPO = Path(__file__).resolve().parent.parent
 CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results", "05_kaggle_submission"]
+NOTEBOOKS = [*CHAIN, "07_sweep"]  # 07 (the hyper-parameter study, lib.sweep on Ray) stands outside the chain
 # The notebooks default to the report's RobustResNet64; a smoke epoch of it takes minutes on 2 CPU cores, so the
 # executions here pick LightResNet18 -- through the notebooks' own parameter (papermill -p, or CIFAR_MODEL for
 # nbval, which cannot inject parameters), never by changing a default.
@@ -67,10 +68,10 @@ def parameters(nb) -> dict[str, ast.expr]:
 # The committed files (fast)
 # --------------------------------------------------------------------------------------------------------------
 def test_the_five_notebooks_are_there():
-    assert sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")) == CHAIN
+    assert sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")) == NOTEBOOKS
 
 
-@pytest.mark.parametrize("name", CHAIN)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_committed_without_outputs(name):
     """Our `nbstripout --verify`: no outputs, execution counts or execution metadata, so diffs stay readable."""
     nb = read(name)
@@ -82,7 +83,7 @@ def test_committed_without_outputs(name):
         assert set(c.metadata) <= {"tags"}, f"{name}: cell {c.id} metadata {sorted(c.metadata)}"
 
 
-@pytest.mark.parametrize("name", CHAIN)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_are_plain_literals(name):
     """papermill's convention: one `parameters` cell of literals; only the profile and model may come from the
     environment (so nbval, which cannot inject parameters, runs the smoke profile)."""
@@ -103,7 +104,7 @@ def test_training_parameters_are_named_like_the_cli():
     assert all(ast.literal_eval(params[k]) is None for k in TRAINING_PARAMETERS - {"model", "profile"})
 
 
-@pytest.mark.parametrize("name", CHAIN)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebooks_are_thin(name):
     """Narrative over lib/: no model, augmentation or training code defined in a notebook."""
     for c in code_cells(read(name)):
@@ -119,7 +120,7 @@ def test_notebooks_are_thin(name):
 
 def test_first_cell_does_nothing_outside_colab(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in CHAIN:
+    for name in NOTEBOOKS:
         namespace = {}
         exec(cell(read(name), "colab"), namespace)
         assert "REPO_URL" in namespace and namespace["USE_DRIVE"] is False
@@ -189,7 +190,7 @@ def check_smoke_outputs(clone: Path, submission: Path) -> None:
 
 @notebooks_run
 def test_nbval_over_the_notebooks(tmp_path):
-    """`pytest --nbval-lax notebooks/` with CIFAR_PROFILE=smoke: every cell of 01-05 runs without error."""
+    """`pytest --nbval-lax notebooks/` with CIFAR_PROFILE=smoke: every cell of 01-05 and 07 runs without error."""
     clone = fresh_clone(tmp_path / "clone")
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=600",
            "-p", "no:cacheprovider", "-o", "addopts=", "-q", "notebooks"]
@@ -219,7 +220,7 @@ def test_papermill_chain(tmp_path):
             assert "not submitting" in stream_text(nb)  # a smoke submission is never uploaded
     check_smoke_outputs(clone, tmp_path / "submission.csv")
     # executed copies went to tmp: notebooks/ still holds exactly the five clean notebooks
-    assert sorted(p.name for p in (clone / "notebooks").iterdir()) == [f"{n}.ipynb" for n in CHAIN]
+    assert sorted(p.name for p in (clone / "notebooks").iterdir()) == [f"{n}.ipynb" for n in NOTEBOOKS]
 
 
 @notebooks_run
