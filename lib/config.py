@@ -81,6 +81,8 @@ class RunConfig:
     num_workers: Optional[int] = _opt("DataLoader workers for the torchvision loader (auto if unset)",
                                       default=None)
     compile: bool = _opt("torch.compile the model (off by default)", default=False)
+    sync_bn: bool = _opt("SyncBatchNorm: batch statistics over all torchrun processes (several processes only)",
+                         default=False)
     # auto = on: faster on CPU too (report/benchmarks.md)
     channels_last: Optional[bool] = _opt("channels_last memory format (auto: on)", default=None)
     amp: bool = _opt("mixed precision on CUDA (bf16, or fp16 + GradScaler)", default=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device,
                      rng_state, run_cli, seed_everything, set_rng_state)
@@ -185,7 +185,8 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
     elif cfg.resume:
         print(f"{last_path}: nothing to resume yet; starting a new run", file=sys.stderr)
 
-    device = resolve_device(cfg.device)
+    ctx = distributed.setup(cfg.device, cfg.sync_bn)  # torchrun: this process's rank; otherwise rank 0 of 1
+    device = ctx.device(resolve_device(cfg.device))
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
@@ -203,14 +204,16 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
     seed_everything(cfg.seed)  # model initialisation
     model = build_model(cfg.model, num_classes=len(splits.label_names), **cfg.model_overrides())
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    train_loader = make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind)
+    step_model = ctx.wrap(model, cfg.sync_bn, device)  # DDP under torchrun; `model` itself is checkpointed
+    train_loader = ctx.shard(make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind),
+                             cfg.batch_size, cfg.seed)  # torchrun: this rank's slice of each global batch
     val_loader = make_eval_loader(splits.val_x, splits.val_y, mean, std, device,
                                   batch_size=max(2 * cfg.batch_size, 256))
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader))
     criterion = make_criterion(cfg)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = torch.compile(step_model) if cfg.compile else step_model
 
     history: list[dict[str, Any]] = []
     best_val_acc, start_epoch = 0.0, 0
@@ -227,14 +230,16 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
 
     data_info = {"source": splits.source, "description": splits.description,
                  "n_train": int(len(splits.train_y)), "n_val": int(len(splits.val_y))}
-    save_config(cfg, run_dir / "config.json", extra={
-        "model_config": model.config, "parameters": count_parameters(model),
-        "data_source": splits.source, "data_description": splits.description,
-        "n_train": data_info["n_train"], "n_val": data_info["n_val"],
-        "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
-        "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
-        "channels_last": channels_last, "steps_per_epoch": len(train_loader),
-        "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit()})
+    if ctx.is_main:  # under torchrun rank 0 alone writes the run folder
+        save_config(cfg, run_dir / "config.json", extra={
+            "model_config": model.config, "parameters": count_parameters(model),
+            "data_source": splits.source, "data_description": splits.description,
+            "n_train": data_info["n_train"], "n_val": data_info["n_val"],
+            "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
+            "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
+            "channels_last": channels_last, "steps_per_epoch": len(train_loader),
+            "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit(),
+            "world_size": ctx.world_size})
 
     def checkpoint(epoch: int) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model_config": model.config,
@@ -243,18 +248,22 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng": rng_state(), "epoch": epoch, "best_val_acc": best_val_acc, "history": history}
 
-    print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
-          f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})", file=sys.stderr)
+    if ctx.is_main:
+        print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
+              f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})"
+              + (f" | {ctx.world_size} processes" if ctx.active else ""), file=sys.stderr)
     for epoch in range(start_epoch, cfg.epochs):
-        seed_everything(epoch_seed(cfg.seed, epoch))
+        seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank augments with its own draws
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
         step_model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
-                   mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0,
+                   disable=not cfg.progress or not ctx.is_main, dynamic_ncols=True)
         for step, (x, soft_y) in enumerate(bar, 1):
             loss, n_correct = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler, dtype)
             loss_sum += loss
@@ -268,6 +277,7 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
                         f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
         bar.close()
+        loss_sum, correct, seen = ctx.sum_epoch(loss_sum, correct, seen)
         val_loss, val_acc = evaluate(model, val_loader, dtype)
         is_best = not history or val_acc > best_val_acc
         best_val_acc = max(best_val_acc, val_acc)
@@ -275,6 +285,8 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
                "train_acc": correct.item() / seen, "val_loss": val_loss, "val_acc": val_acc,
                "best_val_acc": best_val_acc, "epoch_seconds": time.perf_counter() - t0}
         history.append(row)
+        if not ctx.is_main:
+            continue
         state = checkpoint(epoch + 1)
         atomic_torch_save(state, last_path)
         if is_best:
@@ -285,6 +297,7 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
               f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
         if on_epoch is not None:
             on_epoch(dict(row))
+    ctx.close()
     return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": len(history),
             "history": history}
 
