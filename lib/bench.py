@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .augment import BatchAugment, make_train_loader, resolve_channels_last
-from .common import ArgumentParser, amp_dtype, atomic_write_text, resolve_device, run_cli
+from .common import ArgumentParser, UserError, amp_dtype, atomic_write_text, resolve_device, run_cli
 from .config import make_config
 from .models import build_model, list_models
 from .train import make_criterion, make_optimizer, make_scheduler, train_step
@@ -279,7 +279,7 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
     models = list(models or (QUICK_MODELS if quick else list_models()))
     unknown = [m for m in models if m not in list_models()]
     if unknown:
-        raise ValueError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
+        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
     cfg = make_config("paper", augment="full", mix_prob=0.5, device=device.type, **(overrides or {}))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -66,36 +66,23 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision for the device: bf16 where supported, fp16 (with a GradScaler) on older GPUs, none on CPU."""
+    """Mixed precision for the device: bf16 on GPUs with native bf16 (compute capability 8.0 and up: A100,
+    RTX 30xx, L4, H100), fp16 (with a GradScaler) on older ones (T4, V100), none on CPU.
+
+    Not ``torch.cuda.is_bf16_supported()``: it also answers yes where bf16 is only emulated, which is slow.
+    """
+    device = torch.device(device)
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.version.hip:  # ROCm reports its own capability numbers; ask it directly
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """Every RNG's state, in types ``torch.load(weights_only=True)`` accepts (no numpy arrays)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -109,9 +96,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     """Run a CLI entry point: expected errors become one line on stderr and exit code 2, no traceback."""
     try:
         return int(main(argv) or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
+    except UserError as exc:  # only the project's own: any other exception is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM arrives as lib.runlock.Terminated, exit_code 143
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)

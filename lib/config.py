@@ -8,12 +8,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import numbers
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from .common import UserError, atomic_write_text
+from .models import resolve_config
 
+# Warm-up is at most this share of a run: the report's 5 epochs are 1.7% of its 300 (Goyal et al.'s 5 of 90,
+# 5.6%); capped at 10%, every run of 50+ epochs keeps the full 5, and a 2-epoch run warms up for 0.2 epochs
+# instead of spending all of it raising the learning rate.
+WARMUP_MAX_SHARE = 0.1
 AUGMENT_OPS = ("crop", "flip", "jitter", "rotation", "randaugment", "autoaugment", "erasing")
 AUGMENT_PRESETS = {
     # the report's pipeline: crop+flip, colour jitter, rotation, RandAugment, random erasing (+ MixUp/CutMix per batch)
@@ -21,6 +28,11 @@ AUGMENT_PRESETS = {
     "standard": ("crop", "flip"),
     "none": (),
 }
+
+
+_TYPE_CHECKS = {"int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+                "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+                "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
 
 
 def _opt(help: str, **kw):
@@ -48,7 +60,7 @@ class RunConfig:
                                    default=0.1)
     train_size: Optional[int] = _opt("seeded class-balanced subset of the training split", default=None)
     val_size: Optional[int] = _opt("seeded class-balanced subset of the validation split", default=None)
-    download: bool = _opt("download CIFAR-10 with torchvision when absent", default=False)
+    download: bool = _opt("download the official CIFAR-10 archive (MD5-checked) when absent", default=False)
 
     # --- the recipe (0.1 / 0.9 / 5e-4 / 128 / 300: the report's settings) -----------------------
     epochs: int = _opt("training epochs", default=300)
@@ -56,7 +68,8 @@ class RunConfig:
     lr: float = _opt("peak learning rate (after warm-up)", default=0.1)
     momentum: float = _opt("SGD Nesterov momentum", default=0.9)
     weight_decay: float = _opt("SGD weight decay", default=5e-4)
-    warmup_epochs: float = _opt("linear warm-up epochs before cosine annealing ('a few': 5)", default=5.0)
+    warmup_epochs: float = _opt("linear warm-up epochs before cosine annealing ('a few': 5); at most "
+                                "a tenth of a short run", default=5.0)
     label_smoothing: float = _opt("cross-entropy label smoothing", default=0.1)
 
     # --- augmentation --------------------------------------------------------------------------
@@ -65,7 +78,7 @@ class RunConfig:
     mix_prob: float = _opt("probability a batch gets MixUp or CutMix (0.5: the report's)", default=0.5)
     mixup_alpha: float = _opt("MixUp Beta(alpha, alpha)", default=1.0)
     cutmix_alpha: float = _opt("CutMix Beta(alpha, alpha)", default=1.0)
-    color_jitter: float = _opt("brightness/contrast/saturation jitter strength (hue: a quarter)",
+    color_jitter: float = _opt("brightness/contrast/saturation jitter strength, 0-2 (hue: a quarter)",
                                default=0.2)
     rotation_degrees: float = _opt("RandomRotation range +-degrees", default=10.0)
     randaugment_ops: int = _opt("RandAugment operations per image", default=2)
@@ -85,8 +98,9 @@ class RunConfig:
                          default=False)
     # auto = on: faster on CPU too (report/benchmarks.md)
     channels_last: Optional[bool] = _opt("channels_last memory format (auto: on)", default=None)
-    amp: bool = _opt("mixed precision on CUDA (bf16, or fp16 + GradScaler)", default=True)
-    progress: bool = _opt("tqdm progress bar per epoch", default=True)
+    amp: bool = _opt("mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 + GradScaler)",
+                     default=True)
+    progress: bool = _opt("tqdm progress bar per epoch on a terminal (elsewhere one line per epoch)", default=True)
     resume: bool = _opt("continue from RUN_DIR/last.pt", default=False)
 
     # ----------------------------------------------------------------------------------------------
@@ -99,6 +113,8 @@ class RunConfig:
         if unknown:
             raise UserError(f"--augment: unknown operation(s) {', '.join(unknown)}; choose from "
                             f"{', '.join(AUGMENT_PRESETS)} or {', '.join(AUGMENT_OPS)}")
+        if "randaugment" in ops and "autoaugment" in ops:  # the pipeline applies one policy, never both
+            raise UserError(f"--augment {self.augment}: randaugment and autoaugment are alternatives; choose one")
         return tuple(o for o in AUGMENT_OPS if o in ops)
 
     def model_overrides(self) -> dict[str, Any]:
@@ -107,11 +123,19 @@ class RunConfig:
                  "kernel_size", "se_reduction")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
+    def warmup_epochs_used(self) -> float:
+        """The warm-up the schedule runs: ``warmup_epochs``, capped at WARMUP_MAX_SHARE of the run."""
+        return min(self.warmup_epochs, WARMUP_MAX_SHARE * self.epochs)
+
     def validate(self) -> "RunConfig":
-        """Check ranges; raise UserError naming the option."""
+        """Check every setting, files untouched (the model by name and overrides); raise UserError naming it."""
         def need(ok: bool, opt: str, why: str):
             if not ok:
                 raise UserError(f"--{opt.replace('_', '-')} {getattr(self, opt)!r}: {why}")
+        for f in fields(self):  # types first (a notebook can pass anything), so the range checks can compare
+            value, kind = getattr(self, f.name), f.type.removeprefix("Optional[").removesuffix("]")
+            if value is not None or not f.type.startswith("Optional["):
+                need(_TYPE_CHECKS.get(kind, lambda v: True)(value), f.name, f"expected {kind}")
         need(self.profile in PROFILES, "profile", f"expected one of {', '.join(PROFILES)}")
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -123,7 +147,8 @@ class RunConfig:
         need(0 <= self.mix_prob <= 1, "mix_prob", "must be in [0, 1]")
         need(self.mixup_alpha > 0, "mixup_alpha", "must be > 0")
         need(self.cutmix_alpha > 0, "cutmix_alpha", "must be > 0")
-        need(self.color_jitter >= 0, "color_jitter", "must be >= 0")
+        # hue = j/4 must stay within torchvision ColorJitter's [0, 0.5]; brightness/contrast/saturation take any j >= 0
+        need(0 <= self.color_jitter <= 2, "color_jitter", "must be in [0, 2] (the hue shift j/4 is at most 0.5)")
         need(self.rotation_degrees >= 0, "rotation_degrees", "must be >= 0")
         need(self.randaugment_ops >= 0, "randaugment_ops", "must be >= 0")
         need(0 <= self.randaugment_magnitude <= 30, "randaugment_magnitude", "must be in [0, 30]")
@@ -134,11 +159,18 @@ class RunConfig:
         need(self.val_size is None or self.val_size >= 10, "val_size", "must be >= 10 (one per class)")
         need(self.loader in ("auto", "torchvision", "device"), "loader", "expected auto, torchvision or device")
         need(self.num_workers is None or self.num_workers >= 0, "num_workers", "must be >= 0")
+        need(self.seed >= 0, "seed", "must be >= 0")
+        need(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+             "device", "expected auto, cpu, cuda or cuda:N")
         if self.dropout is not None:
             need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         if self.stochastic_depth_rate is not None:
             need(0 <= self.stochastic_depth_rate < 1, "stochastic_depth_rate", "must be in [0, 1)")
         self.augment_ops()
+        try:  # the architecture's own checks (name, widths, kernel size, ...), without building it
+            resolve_config(self.model, **self.model_overrides())
+        except ValueError as exc:
+            raise UserError(f"--model {self.model}: {exc}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -71,14 +71,14 @@ class Context:
             return loader
         return ShardedLoader(loader, global_batch, seed, self.rank, self.world_size)
 
-    def sum_epoch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):
-        """The epoch's training loss (mean of the ranks' mean losses), correct and seen counts over all ranks."""
+    def average(self, *values: float) -> tuple[float, ...]:
+        """Each value's mean over the ranks (their shares of the epoch are equal, so this is the global mean)."""
         if not self.active:
-            return loss_sum, correct, seen
-        totals = torch.stack([loss_sum.detach().double(), correct.double(),
-                              torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)])
-        dist.all_reduce(totals)
-        return totals[0] / self.world_size, totals[1].long(), int(totals[2].item())
+            return values
+        t = torch.tensor(values, dtype=torch.float64,
+                         device=torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return tuple((t / self.world_size).tolist())
 
     def close(self) -> None:
         if self.active and dist.is_initialized():

@@ -10,9 +10,7 @@ run's validation split, with and without TTA.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
-import zipfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,11 +20,10 @@ import torch
 import torch.nn as nn
 
 from .augment import eval_transform
+from .checkpoint import load_model
 from .common import ArgumentParser, UserError, amp_dtype, atomic_path, resolve_device, run_cli
 from .config import RunConfig
-from .models import build_model
 
-CHECKPOINT_KEYS = ("format", "config", "model_config", "normalization", "model")
 SUBMISSION_HEADER = ("ID", "Labels")  # exactly what the Kaggle competition expects
 
 
@@ -34,37 +31,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the model from the checkpoint's own ``model_config`` and load its weights.
 
     Returns ``(model in eval mode on device, checkpoint dict)``. A run folder is accepted too (its best.pt).
-    Loading uses ``weights_only=True``: a checkpoint is a pickle and must not be able to run code.
+    Any unreadable, truncated or foreign file is a UserError naming it (``lib.checkpoint``, shared with resume).
     """
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
-    if not isinstance(ckpt, dict):
-        raise UserError(f"{path}: not a lib.train checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise UserError(f"{path}: not a lib.train checkpoint (missing {', '.join(missing)})")
-    if ckpt["format"] != 1:
-        raise UserError(f"{path}: checkpoint format {ckpt['format']!r} is not supported (expected 1)")
-    try:
-        model = build_model(**ckpt["model_config"])
-        # a model trained under torch.compile saves its weights with this prefix
-        state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
-        raise UserError(f"{path}: weights do not fit the stored model config ({_one_line(exc)})") from None
-    return model.to(device).eval(), ckpt
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
+    return load_model(path, device)
 
 
 def _softmax_passes(model: nn.Module, images: np.ndarray, mean, std, flips: tuple[bool, ...],

@@ -6,18 +6,23 @@ cross-entropy with label smoothing on MixUp/CutMix soft targets, per-epoch histo
     python -m lib.train ... --resume                                              # continue from RUN_DIR/last.pt
 
 RUN_DIR receives config.json (every setting, versions, device, git commit), history.csv (one row per epoch),
-last.pt (every epoch) and best.pt (each new best validation accuracy).
+last.pt (every epoch) and best.pt (each new best validation accuracy). One process at a time writes a run
+folder (a second one exits with code 2); SIGTERM, like Ctrl-C, abandons the epoch in progress (exit code 143).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,15 +31,16 @@ from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
-from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device,
-                     rng_state, run_cli, seed_everything, set_rng_state)
+from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
+from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
+                     seed_everything)
 from .config import RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, ensure_smoke_data, load_splits
 from .models import build_model, count_parameters
+from .runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc",
                   "epoch_seconds")
-CHECKPOINT_FORMAT = 1
 # Settings that may differ when resuming: they change how the run executes, not what it computes.
 RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "download", "data_dir"}
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
@@ -53,9 +59,11 @@ def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Linear warm-up from lr/W to lr over W iterations, then cosine annealing to 0; stepped per iteration."""
+    """Linear warm-up from lr/W to lr over W iterations, then cosine annealing to 0; stepped per iteration.
+
+    W is ``cfg.warmup_epochs_used()``: the report's 5 epochs, at most a tenth of a short run."""
     total = cfg.epochs * steps_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    warmup = min(int(round(cfg.warmup_epochs_used() * steps_per_epoch)), total - 1)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
     if warmup <= 0:
         return cosine
@@ -144,16 +152,6 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def load_resume_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: say which, without a traceback
-        raise UserError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a checkpoint written by lib.train (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
 def _check_resume_config(cfg: RunConfig, stored: dict[str, Any], path: Path) -> None:
     now = cfg.to_dict()
     diff = [k for k in now if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != now[k]]
@@ -163,30 +161,71 @@ def _check_resume_config(cfg: RunConfig, stored: dict[str, Any], path: Path) -> 
                         f"(start a new --out to change them)")
 
 
+def _open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: a new run). Call with the run folder held (catch_up: it writes)."""
+    last_path = run_dir / "last.pt"
+    if not last_path.exists():
+        if cfg.resume:
+            print(f"{last_path}: nothing to resume yet; starting a new run", file=sys.stderr)
+        return None
+    if not cfg.resume:
+        raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
+                        f"or choose another --out")
+    ckpt = read_checkpoint(last_path, resume=True)
+    _check_resume_config(cfg, ckpt["config"], last_path)
+    if catch_up:
+        _catch_up(run_dir, ckpt)
+    return ckpt
+
+
+def _catch_up(run_dir: Path, ckpt: dict[str, Any]) -> None:
+    """A run killed (kill -9, power loss) between last.pt and the files after it left those an epoch behind:
+    last.pt then holds the newest epoch. Bring best.pt and history.csv level with it before going on."""
+    best_path = run_dir / "best.pt"
+    if ckpt.get("best_epoch") == ckpt["epoch"]:  # last.pt's own epoch is the best one
+        try:
+            best_epoch = read_checkpoint(best_path)["epoch"]
+        except UserError:  # absent or damaged: last.pt has what belongs there
+            best_epoch = None
+        if best_epoch != ckpt["epoch"]:
+            with atomic_path(best_path) as tmp:
+                shutil.copyfile(run_dir / "last.pt", tmp)
+    write_history(ckpt["history"], run_dir / "history.csv")
+
+
+def _show_progress(cfg: RunConfig) -> bool:
+    """Bars on a terminal or in a notebook (tqdm.auto draws a widget); redirected to a log, one line an epoch."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return cfg.progress and (sys.stderr.isatty() or type(shell).__name__ == "ZMQInteractiveShell")
+
+
 # ----------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------
-def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
+def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one run as configured; returns {"run_dir", "best_val_acc", "epochs_done", "history"}.
 
-    ``on_epoch(row)``, if given, is called with each epoch's history row once its checkpoint and history.csv
-    are written (lib.sweep reports it to Ray Tune).
+    ``on_epoch(row)`` is called with each epoch's history row once its checkpoint and history.csv are written.
+    The run folder is held by this process throughout (``lib.runlock``); SIGTERM stops it like Ctrl-C.
     """
     cfg.validate()
+    device = resolve_device(cfg.device)  # every setting is checked before any file is touched
     run_dir = Path(cfg.out)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    resume_ckpt = None
-    if cfg.resume and last_path.exists():
-        resume_ckpt = load_resume_checkpoint(last_path)
-        _check_resume_config(cfg, resume_ckpt["config"], last_path)
-    elif last_path.exists():
-        raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
-                        f"or choose another --out")
-    elif cfg.resume:
-        print(f"{last_path}: nothing to resume yet; starting a new run", file=sys.stderr)
+    ctx = distributed.setup(cfg.device, cfg.sync_bn)  # under torchrun: this process's rank; else rank 0 of 1
+    if not ctx.is_main:  # rank 0 alone holds and writes the run folder and shows progress
+        cfg = dataclasses.replace(cfg, progress=False)
+    try:
+        with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled():
+            return _train_held(cfg, ctx.device(device), run_dir, on_epoch, ctx)
+    finally:
+        ctx.close()
 
-    ctx = distributed.setup(cfg.device, cfg.sync_bn)  # torchrun: this process's rank; otherwise rank 0 of 1
-    device = ctx.device(resolve_device(cfg.device))
+
+def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
+                ctx: distributed.Context = distributed.Context()) -> dict[str, Any]:
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    resume_ckpt = _open_run(cfg, run_dir, catch_up=ctx.is_main)
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
@@ -206,100 +245,122 @@ def train(cfg: RunConfig, on_epoch=None) -> dict[str, Any]:
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     step_model = ctx.wrap(model, cfg.sync_bn, device)  # DDP under torchrun; `model` itself is checkpointed
     train_loader = ctx.shard(make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind),
-                             cfg.batch_size, cfg.seed)  # torchrun: this rank's slice of each global batch
+                             cfg.batch_size, cfg.seed)  # under torchrun: this rank's slice of each global batch
     val_loader = make_eval_loader(splits.val_x, splits.val_y, mean, std, device,
                                   batch_size=max(2 * cfg.batch_size, 256))
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader))
     criterion = make_criterion(cfg)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    step_model = torch.compile(step_model) if cfg.compile else step_model
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None  # bf16 needs no scaling
+    step_model = torch.compile(step_model) if cfg.compile else step_model  # checkpoints save `model`
 
     history: list[dict[str, Any]] = []
-    best_val_acc, start_epoch = 0.0, 0
+    best_val_acc, best_epoch, start_epoch = 0.0, 0, 0
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         if scaler is not None and resume_ckpt.get("scaler"):
             scaler.load_state_dict(resume_ckpt["scaler"])
-        set_rng_state(resume_ckpt["rng"])
         history, best_val_acc, start_epoch = resume_ckpt["history"], resume_ckpt["best_val_acc"], resume_ckpt["epoch"]
+        best_epoch = resume_ckpt.get("best_epoch", 0)
         print(f"{run_dir}: all {cfg.epochs} epochs already done" if start_epoch >= cfg.epochs else
               f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr)
 
-    data_info = {"source": splits.source, "description": splits.description,
+    data_info = {"source": splits.source, "description": splits.description, "official": splits.data_official,
                  "n_train": int(len(splits.train_y)), "n_val": int(len(splits.val_y))}
-    if ctx.is_main:  # under torchrun rank 0 alone writes the run folder
+    if ctx.is_main:
         save_config(cfg, run_dir / "config.json", extra={
             "model_config": model.config, "parameters": count_parameters(model),
             "data_source": splits.source, "data_description": splits.description,
-            "n_train": data_info["n_train"], "n_val": data_info["n_val"],
+            "data_official": splits.data_official, "n_train": data_info["n_train"], "n_val": data_info["n_val"],
             "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
+            "warmup_epochs_used": cfg.warmup_epochs_used(),
             "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
             "channels_last": channels_last, "steps_per_epoch": len(train_loader),
             "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit(),
             "world_size": ctx.world_size})
 
     def checkpoint(epoch: int) -> dict[str, Any]:
+        # No RNG state: every epoch reseeds all RNGs from (seed, epoch), which is what makes resume exact.
         return {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model_config": model.config,
                 "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
                 "data": data_info, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "rng": rng_state(), "epoch": epoch, "best_val_acc": best_val_acc, "history": history}
+                "epoch": epoch, "best_epoch": best_epoch, "best_val_acc": best_val_acc, "history": history}
 
     if ctx.is_main:
         print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
               f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})"
-              + (f" | {ctx.world_size} processes" if ctx.active else ""), file=sys.stderr)
-    for epoch in range(start_epoch, cfg.epochs):
-        seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank augments with its own draws
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
-        step_model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0,
-                   disable=not cfg.progress or not ctx.is_main, dynamic_ncols=True)
-        for step, (x, soft_y) in enumerate(bar, 1):
-            loss, n_correct = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler, dtype)
-            loss_sum += loss
-            correct += n_correct
-            seen += len(soft_y)
-            if step % CHECK_FINITE_EVERY == 0 or step == len(train_loader):
-                mean_loss = loss_sum.item() / step  # one host sync every CHECK_FINITE_EVERY steps
-                if not math.isfinite(mean_loss):
-                    raise DivergedError(
-                        f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. Last good "
-                        f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
-                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
-        bar.close()
-        loss_sum, correct, seen = ctx.sum_epoch(loss_sum, correct, seen)
-        val_loss, val_acc = evaluate(model, val_loader, dtype)
-        is_best = not history or val_acc > best_val_acc
-        best_val_acc = max(best_val_acc, val_acc)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / len(train_loader),
-               "train_acc": correct.item() / seen, "val_loss": val_loss, "val_acc": val_acc,
-               "best_val_acc": best_val_acc, "epoch_seconds": time.perf_counter() - t0}
-        history.append(row)
-        if not ctx.is_main:
-            continue
-        state = checkpoint(epoch + 1)
-        atomic_torch_save(state, last_path)
-        if is_best:
-            atomic_torch_save(state, best_path)
-        write_history(history, run_dir / "history.csv")  # after the checkpoint: never ahead of last.pt
-        print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4f}  train_loss {row['train_loss']:.4f}  "
-              f"train_acc {row['train_acc']:.2%}  val_loss {val_loss:.4f}  val_acc {val_acc:.2%}  "
-              f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
-        if on_epoch is not None:
-            on_epoch(dict(row))
-    ctx.close()
+              + (f" | {ctx.world_size} processes (torchrun)" if ctx.active else ""), file=sys.stderr)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank its own augmentation
+            if hasattr(train_loader, "set_epoch"):  # torchrun: the epoch's global batch order
+                train_loader.set_epoch(epoch)
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
+            train_loss, train_acc = _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
+                                                 scaler, dtype, epoch, last_path)
+            train_loss, train_acc = ctx.average(train_loss, train_acc)  # over the ranks' equal shares
+            val_loss, val_acc = evaluate(model, val_loader, dtype)
+            if not history or val_acc > best_val_acc:  # strictly better: the first epoch of a tie stays best
+                best_val_acc, best_epoch = val_acc, epoch + 1
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": best_val_acc,
+                   "epoch_seconds": time.perf_counter() - t0}
+            history.append(row)
+            if not ctx.is_main:
+                continue
+            # Order: last.pt, best.pt, history.csv, with Ctrl-C/SIGTERM held back meanwhile. A kill -9 in
+            # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; _catch_up on
+            # --resume levels them, so best.pt is always the epoch history.csv calls best.
+            with signals_deferred():
+                state = checkpoint(epoch + 1)
+                atomic_torch_save(state, last_path)
+                if best_epoch == epoch + 1:
+                    atomic_torch_save(state, best_path)
+                write_history(history, run_dir / "history.csv")
+            print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4f}  train_loss {train_loss:.4f}  "
+                  f"train_acc {train_acc:.2%}  val_loss {val_loss:.4f}  val_acc {val_acc:.2%}  "
+                  f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
+            if on_epoch is not None:
+                on_epoch(dict(row))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lib.runlock.Terminated)
+        why = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{why} during epoch {epoch + 1}/{cfg.epochs}: it is abandoned; {run_dir} keeps epochs 1-"
+              f"{len(history)} (last.pt, history.csv). To continue, run again with the same settings and "
+              f"--resume", file=sys.stderr)
+        raise
     return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": len(history),
             "history": history}
+
+
+def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch,
+                 last_path) -> tuple[float, float]:
+    """One pass over the training batches, in train mode; returns (mean loss, accuracy vs dominant label)."""
+    device = next(step_model.parameters()).device
+    step_model.train()  # evaluate() left the model in eval mode: dropout, stochastic depth and BN updates on
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not _show_progress(cfg), mininterval=1.0, dynamic_ncols=True)
+    for step, (x, soft_y) in enumerate(bar, 1):
+        loss, n_correct = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler, dtype)
+        loss_sum += loss
+        correct += n_correct
+        seen += len(soft_y)
+        if step % CHECK_FINITE_EVERY == 0 or step == len(train_loader):
+            mean_loss = loss_sum.item() / step  # one host sync every CHECK_FINITE_EVERY steps
+            if not math.isfinite(mean_loss):
+                raise DivergedError(
+                    f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. Last good "
+                    f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
+    bar.close()
+    return loss_sum.item() / len(train_loader), correct.item() / seen
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
@@ -311,11 +372,17 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_args(argv)
     try:
-        summary = train(parse_args(argv))
+        summary = train(cfg)
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        resume = argv if "--resume" in argv else [*argv, "--resume"]
+        print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
+        raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
     print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
           f"run folder {summary['run_dir']}")
     return 0

@@ -141,7 +141,7 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
         load_cifar10(tmp_path / "nowhere")
     msg = str(err.value)
     assert str(tmp_path / "nowhere" / BATCH_DIR) in msg and str(tmp_path / "nowhere") in msg
-    assert "--download" in msg and "cifar10_from_jpeg.py" in msg
+    assert "--download" in msg and "cifar-10-python.tar.gz" in msg and "shared" not in msg
 
 
 def test_partial_copy_names_the_missing_batch(smoke_root, tmp_path):
@@ -156,32 +156,6 @@ def test_missing_test_batch_suggests_holdout(smoke_root, tmp_path):
         load_splits(tmp_path, val_source="test")
     assert str(out / "test_batch") in str(err.value)
     assert load_splits(tmp_path, val_source="holdout").val_x.shape == (100, 32, 32, 3)
-
-
-def test_download_fetches_with_torchvision_then_reads_the_same_way(tmp_path, monkeypatch):
-    import torchvision.datasets
-    calls = []
-
-    def fake_cifar10(root, train=True, download=False, **kw):  # what torchvision does: root/cifar-10-batches-py
-        calls.append((root, download))
-        write_smoke_dataset(root, per_batch=20, test_count=20, kaggle_count=10)
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
-    d = load_cifar10(tmp_path / "dl", download=True)
-    assert calls == [(str(tmp_path / "dl"), True)] and d.train_x.shape == (100, 32, 32, 3)
-    load_cifar10(tmp_path / "dl", download=True)  # present now: no second download
-    assert len(calls) == 1
-
-
-def test_failed_download_is_a_user_error(tmp_path, monkeypatch):
-    import torchvision.datasets
-
-    def offline(*args, **kw):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(UserError, match="could not download CIFAR-10 .*network is unreachable"):
-        load_cifar10(tmp_path, download=True)
 
 
 def test_ensure_smoke_data_generates_only_when_nothing_is_there(smoke_root, tmp_path, capsys):

@@ -1,0 +1,62 @@
+"""Checkpoints: lib.train writes them; this is the one reader (resume, prediction, evaluation), with one error
+policy: a missing, truncated, foreign or unreadable file is a UserError naming it, in one line.
+
+Loading uses ``weights_only=True``: a checkpoint is a pickle and must not be able to run code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .common import UserError
+from .models import build_model
+
+CHECKPOINT_FORMAT = 1
+REQUIRED_KEYS = ("format", "config", "model_config", "normalization", "model", "epoch")
+RESUME_KEYS = ("optimizer", "scheduler", "history", "best_val_acc")  # what last.pt adds for --resume
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    resume: bool = False) -> dict[str, Any]:
+    """The checkpoint dict, checked to be one lib.train wrote (``resume``: with the state --resume needs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes make the loader raise, the file is the problem
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a lib.train checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
+    missing = [k for k in (*REQUIRED_KEYS, *(RESUME_KEYS if resume else ())) if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not a lib.train checkpoint (missing {', '.join(missing)})")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: checkpoint format {ckpt['format']!r} is not supported (expected "
+                        f"{CHECKPOINT_FORMAT})")
+    if not (isinstance(ckpt["model_config"], dict) and isinstance(ckpt["model"], dict)
+            and isinstance(ckpt["config"], dict)):
+        raise UserError(f"{path}: not a lib.train checkpoint (config, model_config and model must be dicts)")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``(model in eval mode on device, checkpoint dict)``: the model rebuilt from the checkpoint's own
+    ``model_config`` with its weights."""
+    ckpt = read_checkpoint(path, map_location=device)
+    try:
+        model = build_model(**ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # what build/load_state_dict raise for a misfit
+        raise UserError(f"{path}: weights do not fit the stored model config ({_one_line(exc)})") from None
+    return model.to(device).eval(), ckpt
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,118 @@
+"""One run folder, one writer: an OS lock on ``RUN_DIR/.lock``, and SIGTERM handled like Ctrl-C.
+
+The lock is ``fcntl.flock``: the kernel drops it when the holding process ends in any way (``kill -9``, a lost
+Colab runtime, a crash), so a folder is never left locked for good and ``--resume`` just proceeds.
+SIGTERM (Slurm, Colab, preemptible cloud GPUs, ``kill``) raises ``Terminated``, a ``KeyboardInterrupt``: the
+epoch in progress is abandoned exactly as on Ctrl-C. Neither signal lands between the writes of one epoch's
+last.pt, best.pt and history.csv (``signals_deferred``), so those three always describe the same epochs.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .common import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; training still runs, unguarded
+    fcntl = None
+
+LOCK_FILE = ".lock"  # hidden: predict and report never list it
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # 143, what shells and Slurm report for a SIGTERM'd process
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so everything that handles Ctrl-C handles this the same way."""
+    exit_code = SIGTERM_EXIT_CODE
+
+
+@contextmanager
+def hold_run_dir(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while the block runs; raise UserError if another process holds it.
+
+    A refused process writes nothing into the folder (opening the existing lock file changes nothing).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None and _lock(fd, run_dir):
+            os.ftruncate(fd, 0)  # only now that the lock is ours: who holds it, for the next one to read
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _lock(fd: int, run_dir: Path) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # some network/FUSE filesystems (e.g. a mounted Drive) cannot lock: warn, do not refuse to train
+            print(f"warning: {run_dir}: cannot lock the run folder ({exc.strerror}); make sure only one "
+                  f"training writes here", file=sys.stderr)
+            return False
+    holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+    raise UserError(f"{run_dir}: already in use by a running training ({holder}); wait for it to finish or "
+                    f"stop it, or choose another --out")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Signals: SIGTERM -> Terminated; SIGINT/SIGTERM wait until a checkpoint's writes are done
+# ----------------------------------------------------------------------------------------------------------
+_deferring = False
+_pending: list[int] = []
+
+
+def _raise_for(signum: int):
+    if signum == signal.SIGTERM:
+        raise Terminated("terminated (SIGTERM)")
+    raise KeyboardInterrupt
+
+
+def _handler(signum, frame):
+    if _deferring:
+        _pending.append(signum)
+    else:
+        _raise_for(signum)
+
+
+@contextmanager
+def interrupts_handled() -> Iterator[None]:
+    """Install the SIGTERM/SIGINT handlers for the block (main thread only: elsewhere Python allows none)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT/SIGTERM while the block writes; raise for the first one that arrived after it."""
+    global _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+        pending = _pending[:1]
+        _pending.clear()
+    if pending:
+        _raise_for(pending[0])
