@@ -31,6 +31,11 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0 of torchrun's processes, or a process started without it: the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Context:
     """Where this process stands: rank 0 of 1 outside torchrun."""

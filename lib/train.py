@@ -383,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         resume = argv if "--resume" in argv else [*argv, "--resume"]
         print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
         raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
-    print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
-          f"run folder {summary['run_dir']}")
+    if distributed.is_main_process():
+        print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
+              f"run folder {summary['run_dir']}")
     return 0
 
 
