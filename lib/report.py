@@ -386,9 +386,10 @@ def sweep_table(spec: dict, trials: pd.DataFrame) -> pd.DataFrame:
 
 def make_sweep_report(sweep_dir: str | os.PathLike, figures_dir: str | os.PathLike = "figures",
                       report_dir: str | os.PathLike = "report", name: str | None = None) -> dict:
-    """figures/sweep_<name>.png/.pdf and report/sweep_<name>.md from a sweep folder (name: the folder's)."""
+    """figures/sweep_<name>.png/.pdf and report/sweep_<name>.md from a sweep folder (name: the folder's, less
+    a leading ``sweep_``)."""
     spec, trials = load_sweep(sweep_dir)
-    name = name or Path(sweep_dir).resolve().name
+    name = name or Path(sweep_dir).resolve().name.removeprefix("sweep_")  # runs/sweep_x -> figures/sweep_x.png
     table = sweep_table(spec, trials)
     paths = save_figure(plot_sweep(spec, trials), figures_dir, f"sweep_{name}")
     table_path = Path(report_dir) / f"sweep_{name}.md"

@@ -19,6 +19,7 @@ import ray  # noqa: F401 - tests/requirements.txt installs ray[tune]; lib.sweep 
 from lib import sweep
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("ray")  # with pytest -n: one worker runs them all, on one local Ray
 TINY = ["--profile", "smoke", "--model", "light_resnet18", "--train-size", "40", "--val-size", "20",
         "--batch-size", "20", "--augment", "none", "--mix-prob", "0", "--cpus-per-trial", "1"]
 
