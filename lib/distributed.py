@@ -18,7 +18,6 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from .augment import DeviceLoader, TorchvisionLoader
@@ -171,6 +170,23 @@ def _num_samples(loader) -> int:
     return len(loader.loader.dataset)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, with the gradient summed back the same way (torch.distributed.nn's all_reduce, which
+    torch now deprecates in favour of a private module)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CpuSyncBatchNorm2d(nn.BatchNorm2d):
     """SyncBatchNorm for gloo/CPU processes, which torch's nn.SyncBatchNorm refuses (it needs CUDA): in training
     the per-channel sum, sum of squares and count are all-reduced (with autograd, so the backward pass sees the
@@ -184,7 +200,7 @@ class CpuSyncBatchNorm2d(nn.BatchNorm2d):
         # float64 sums: E[x^2] - E[x]^2 in float32 loses digits when the mean is large against the spread
         x64 = x.double()
         local = torch.cat([x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3)), x64.new_full((1,), x.numel() / c)])
-        total = all_reduce_with_grad(local)
+        total = _AllReduceSum.apply(local)
         n = total[-1]
         mean64 = total[:c] / n
         mean, var = mean64.to(x.dtype), (total[c:2 * c] / n - mean64 * mean64).to(x.dtype)

@@ -31,7 +31,7 @@ from .models import list_models, resolve_config
 
 SWEEP_FORMAT = 1
 HISTORY_METRICS = ("val_acc", "val_loss", "best_val_acc", "train_acc", "train_loss")
-NOT_SWEPT = ("out", "resume", "profile")  # the sweep sets these itself
+NOT_SWEPT = ("out", "resume", "profile", "sync_bn")  # set by the sweep itself; sync_bn: trials are 1 process
 # Sweep settings that may differ on --resume: where and how wide it runs, not what it computes.
 RESUME_MAY_CHANGE = {"address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "resume"}
 STATUS = {"TERMINATED": "finished", "ERROR": "failed", "RUNNING": "running", "PENDING": "pending",
@@ -262,13 +262,14 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Join ``address``, or start a light in-process local Ray; True if this call started/joined it."""
     import ray
 
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():  # a notebook or test that already holds a Ray session
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     repo_root = str(Path(__file__).resolve().parent.parent)
     try:
         if address:
-            _check_reachable(address)
             # ship lib/ to the cluster's workers, which need not have this checkout on their path
             ray.init(address=address, logging_level="WARNING",
                      runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
@@ -388,7 +389,7 @@ def make_parser() -> ArgumentParser:
     s.add_argument("--out", required=True, metavar="SWEEP_DIR", help="the sweep's folder")
     s.add_argument("--resume", action="store_true", help="continue the sweep in SWEEP_DIR")
     t = p.add_argument_group("settings of every trial (as python -m lib.train)")
-    add_config_arguments(t, skip=("out", "resume"))
+    add_config_arguments(t, skip=("out", "resume", "sync_bn"))
     return p
 
 

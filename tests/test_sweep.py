@@ -20,6 +20,8 @@ from lib import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("ray")  # with pytest -n: one worker runs them all, on one local Ray
+# --max-concurrent 1 in the tests: one trial worker, reused from trial to trial, instead of two starting (each
+# imports torch: seconds on a 2-core machine) -- the trials are tiny, so parallel trials would not win that back.
 TINY = ["--profile", "smoke", "--model", "light_resnet18", "--train-size", "40", "--val-size", "20",
         "--batch-size", "20", "--augment", "none", "--mix-prob", "0", "--cpus-per-trial", "1"]
 
@@ -44,7 +46,7 @@ def run(args):
 def test_grid_2x2_gives_four_runs_matching_their_history(ray_address, smoke_root, tmp_path):
     out = tmp_path / "grid"
     assert run(["--data-dir", str(smoke_root), "--epochs", "2", "--param", "dropout=0.0,0.1",
-                "--param", "lr=0.05,0.1", "--out", str(out)]) == 0
+                "--param", "lr=0.05,0.1", "--max-concurrent", "1", "--out", str(out)]) == 0
     rows = read_csv(out / "sweep.csv")
     assert len(rows) == 4
     combos = set()
@@ -65,7 +67,8 @@ def test_grid_2x2_gives_four_runs_matching_their_history(ray_address, smoke_root
 def test_random_search_runs_the_requested_samples(ray_address, smoke_root, tmp_path):
     out = tmp_path / "random"
     assert run(["--data-dir", str(smoke_root), "--epochs", "1", "--param", "dropout=0.0,0.1,0.2",
-                "--param", "kernel_size=3,5", "--search", "random", "--samples", "3", "--out", str(out)]) == 0
+                "--param", "kernel_size=3,5", "--search", "random", "--samples", "3", "--max-concurrent", "1",
+                "--out", str(out)]) == 0
     rows = read_csv(out / "sweep.csv")
     assert len(rows) == 3 and len(list((out / "runs").iterdir())) == 3
     for row in rows:
