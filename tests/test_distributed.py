@@ -3,10 +3,14 @@
 Tolerance of the comparison with one process: the two runs compute the same thing -- the same global batches
 (one seeded permutation, rank r takes slice r), batch statistics over the whole global batch (--sync-bn) and the
 gradient of the global mean loss (DDP averages the ranks' gradients) -- but not in the same order: the 2-process
-run sums per-rank partial sums. After one step the losses agree to 1e-7; over 8 steps a tiny net on tiny batches
-amplifies that to ~1e-3 relative in the loss (measured 2e-5 after epoch 1, 9e-4 after epoch 2) and can flip
-the arg-max of a near-tied image. Hence: losses within 1% relative, accuracies within 3 images.
-Augmentation and MixUp are off: with them each rank draws its own random numbers, so the runs would differ
+run sums per-rank partial sums. After one step the losses agree to 1e-7; over 12 steps a tiny net on tiny
+batches amplifies that (measured on this test's settings, 2 CPU cores: train loss 2e-5 / 2e-3 / 4e-3 relative
+after epochs 1 / 2 / 3, val loss <= 5e-4) and flips the arg-max of near-tied images (val accuracy, near chance
+on 40 images, differed by 2 images at epoch 2). Hence: losses within 1% relative, train accuracy within 3 of 80
+images, val accuracy within 4 of 40.
+The one-process reference is torchrun with --nproc_per_node 1: under torchrun the global batch order comes from
+lib.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
+(unchanged from before torchrun support), so its batches differ. Augmentation and MixUp are off: with them each rank draws its own random numbers, so the runs would differ
 by design (each rank augments its own shard).
 """
 import csv
@@ -70,7 +74,7 @@ def test_two_gloo_processes_match_one_and_resume(smoke_root, tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
         assert abs(b["train_acc"] - a["train_acc"]) <= 3 / 80 + 1e-9
-        assert abs(b["val_acc"] - a["val_acc"]) <= 3 / 40 + 1e-9
+        assert abs(b["val_acc"] - a["val_acc"]) <= 4 / 40 + 1e-9
 
 
 def test_sync_bn_without_torchrun_is_one_line(tmp_path):
