@@ -1,4 +1,5 @@
-# Every target runs inside the project's virtual environment (.venv), created or refreshed from requirements.txt.
+# Every target runs inside the project's virtual environment (.venv), created or refreshed from
+# tests/requirements.txt: what lib/ and the notebooks need (requirements.txt) plus the development tools.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,8 @@ SCRATCH ?= scratch
 PAPERMILL := $(PY) -m papermill -k python3 --no-progress-bar --log-output
 # `make smoke`: the model of the smoke run (the notebooks' default, the report's best model).
 SMOKE_MODEL ?= robust_resnet64
-SMOKE_RUNS  := $(SCRATCH)/smoke/runs
+SMOKE_OUT   := $(SCRATCH)/smoke
+SMOKE_RUNS  := $(SMOKE_OUT)/runs
 SMOKE_NB    := CIFAR_PROFILE=smoke $(PAPERMILL)
 # `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.sweep; a local Ray unless SWEEP_ADDRESS names a
 # cluster), then its figure (figures/sweep_<name>.png) and table (report/sweep_<name>.md). SWEEP_PARAMS: one
@@ -30,33 +32,35 @@ REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robus
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt tests/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r tests/requirements.txt
 	touch $@
 
-# The test suite: unit tests, the notebooks under nbval and papermill (tests/test_notebooks.py), all on smoke
-# data, on the CPU.
+# The test suite: unit tests and each notebook executed once by papermill (tests/test_notebooks.py), all on
+# smoke data, on the CPU. Deselect the notebook chain with: $(PY) -m pytest -n 2 -m "not notebooks".
 test: venv
 	$(PY) -m pytest -q -n 2
 
 # Notebooks 01-05 on the smoke profile (synthetic CIFAR-format data in data/smoke when CIFAR-10 is absent), executed
-# with papermill into $(SCRATCH)/smoke/: 03 trains, 04 writes figures/figure1.png(.pdf) and report/table1.md(.tex)
-# (marked "NOT a reproduction"), 05 writes $(SCRATCH)/smoke/submission.csv.
+# with papermill into $(SMOKE_OUT)/: 03 trains into $(SMOKE_RUNS), 04 writes Figure 1 and Table 1 (marked "NOT a
+# reproduction") into $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report, 05 writes $(SMOKE_OUT)/submission.csv.
+# The committed figures/ and report/ are never touched: only runs on real data update them (lib.report, notebook 04).
 smoke: venv
-	rm -rf $(SCRATCH)/smoke
-	mkdir -p $(SCRATCH)/smoke
-	$(SMOKE_NB) notebooks/01_data_exploration.ipynb $(SCRATCH)/smoke/01_data_exploration.ipynb
-	$(SMOKE_NB) notebooks/02_architectures.ipynb $(SCRATCH)/smoke/02_architectures.ipynb
-	$(SMOKE_NB) notebooks/03_training.ipynb $(SCRATCH)/smoke/03_training.ipynb \
+	rm -rf $(SMOKE_OUT)
+	mkdir -p $(SMOKE_OUT)
+	$(SMOKE_NB) notebooks/01_data_exploration.ipynb $(SMOKE_OUT)/01_data_exploration.ipynb
+	$(SMOKE_NB) notebooks/02_architectures.ipynb $(SMOKE_OUT)/02_architectures.ipynb
+	$(SMOKE_NB) notebooks/03_training.ipynb $(SMOKE_OUT)/03_training.ipynb \
 		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS)
-	$(SMOKE_NB) notebooks/04_results.ipynb $(SCRATCH)/smoke/04_results.ipynb \
-		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS)
-	$(SMOKE_NB) notebooks/05_kaggle_submission.ipynb $(SCRATCH)/smoke/05_kaggle_submission.ipynb \
-		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS) -p submission_file $(SCRATCH)/smoke/submission.csv
-	@echo "smoke: executed notebooks and $(SCRATCH)/smoke/submission.csv in $(SCRATCH)/smoke/;" \
-		"figures/figure1.png, report/table1.md and report/table1.tex rewritten from the smoke run"
+	$(SMOKE_NB) notebooks/04_results.ipynb $(SMOKE_OUT)/04_results.ipynb \
+		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS) \
+		-p figures_dir $(SMOKE_OUT)/figures -p report_dir $(SMOKE_OUT)/report
+	$(SMOKE_NB) notebooks/05_kaggle_submission.ipynb $(SMOKE_OUT)/05_kaggle_submission.ipynb \
+		-p model $(SMOKE_MODEL) -p runs_dir $(SMOKE_RUNS) -p submission_file $(SMOKE_OUT)/submission.csv
+	@echo "smoke: executed notebooks, figures/, report/ and submission.csv in $(SMOKE_OUT)/" \
+		"(synthetic data: a pipeline check, not results; the committed figures/ and report/ are unchanged)"
 
 # The report's runs (paper profile, 300 epochs; needs a GPU). Downloads CIFAR-10 into data/ if absent.
 reproduce: venv

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .augment import BatchAugment, make_train_loader, resolve_channels_last
+from .augment import make_train_loader, resolve_channels_last
+from .batch_augment import BatchAugment
 from .common import ArgumentParser, UserError, amp_dtype, atomic_write_text, resolve_device, run_cli
 from .config import make_config
 from .models import build_model, list_models

@@ -96,8 +96,8 @@ class RunConfig:
     compile: bool = _opt("torch.compile the model (off by default)", default=False)
     sync_bn: bool = _opt("SyncBatchNorm: batch statistics over all torchrun processes (several processes only)",
                          default=False)
-    # auto = on: faster on CPU too (report/benchmarks.md)
-    channels_last: Optional[bool] = _opt("channels_last memory format (auto: on)", default=None)
+    # auto: on CUDA only (lib.augment.resolve_channels_last says why not on the CPU)
+    channels_last: Optional[bool] = _opt("channels_last memory format (auto: on CUDA, off on the CPU)", default=None)
     amp: bool = _opt("mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 + GradScaler)",
                      default=True)
     progress: bool = _opt("tqdm progress bar per epoch on a terminal (elsewhere one line per epoch)", default=True)

@@ -6,11 +6,13 @@ Figure 1 ("Training vs. Best Validation Accuracy per Epoch"): one run, as in the
 training accuracy, blue best-validation-accuracy-so-far. With several runs it shows the best real run
 (``--figure-run`` picks another).
 
-Table 1: one row per model of the report's Table 1 (all four, always), #Params/N/B/C computed from
-``lib.models``, the measured best validation accuracy next to the report's own number, and a Source column
-saying which data, profile and epochs the measured number came from. Only a *real* run -- CIFAR-10, the
-paper profile, the full training split -- puts a number in "Val Acc (%)"; a smoke or synthetic-data run is
-mentioned only in Source, marked "NOT a reproduction", so it can never be read as one.
+Table 1: one row per model of the report's Table 1 (all four, always), #Params/N/B/C from
+``lib.models.model_summary``, the measured best and final-epoch validation accuracy next to the report's own
+number, and a Source column saying which data, profile and epochs the measured numbers came from. Only a
+*real* run -- CIFAR-10, the paper profile, the full training split, the full validation set, every configured
+epoch done -- puts numbers in the measured columns; any other run is mentioned only in Source, marked
+"NOT a reproduction" with the reasons, so it can never be read as one. A run on a copy of CIFAR-10 that is not
+the official release (config.json's ``data_official``) is labelled as a copy wherever it appears.
 """
 from __future__ import annotations
 
@@ -30,12 +32,13 @@ from matplotlib.ticker import MaxNLocator
 
 from .common import ArgumentParser, UserError, atomic_path, run_cli
 from .config import RunConfig, load_config
-from .models import REPORTED, build_model, count_parameters
+from .models import REPORTED, build_model, model_summary
 
-HISTORY_COLUMNS = ("epoch", "train_acc", "val_acc")
+HISTORY_COLUMNS = ("epoch", "train_acc", "val_acc", "best_val_acc")
 # Settings that change regularisation, not the architecture: a run with dropout 0.2 is still its Table-1 model.
 REGULARISATION_KEYS = ("dropout", "stochastic_depth_rate")
-TABLE_COLUMNS = ["Model", "#Params (M)", "N", "B", "C", "Val Acc (%)", "Reported Val Acc (%)", "Source"]
+TABLE_COLUMNS = ["Model", "#Params (M)", "N", "B", "C", "Best Val Acc (%)", "Final Val Acc (%)",
+                 "Reported Val Acc (%)", "Source"]
 FIGURE_TITLE = "Training vs. Best Validation Accuracy per Epoch"
 NOT_A_REPRODUCTION = "NOT a reproduction"
 TABLE_START, TABLE_END = "<!-- table1:start -->", "<!-- table1:end -->"  # report.md's generated part
@@ -68,17 +71,51 @@ class Run:
         return float(self.history["val_acc"].max())
 
     @property
+    def final_val_acc(self) -> float:
+        """The last recorded epoch's validation accuracy (not chosen on the validation set, unlike the best)."""
+        return float(self.history.sort_values("epoch")["val_acc"].iloc[-1])
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.config.epochs
+
+    @property
+    def data_label(self) -> str:
+        """The data in the report's words; a copy that is not the official release says so."""
+        if self.data_source == "synthetic":
+            return "synthetic smoke data"
+        if self.data_source != "cifar10":
+            return self.data_source
+        # data_official: lib.train records whether the files are the official release (its known checksums)
+        return {True: "CIFAR-10", False: "CIFAR-10 re-encoded copy, not the official release"}.get(
+            self.extra.get("data_official"), "CIFAR-10, release not recorded")
+
+    def shortfalls(self) -> list[str]:
+        """Why this run's numbers may not stand in Table 1's measured columns (empty: they may)."""
+        cfg, why = self.config, []
+        if self.data_source != "cifar10":
+            why.append(self.data_label)
+        if cfg.profile != "paper":
+            why.append(f"{cfg.profile} profile")
+        if cfg.train_size is not None:
+            why.append("training subset")
+        if cfg.val_size is not None:
+            why.append("validation subset")
+        if not self.finished:
+            why.append(f"unfinished, {self.epochs_done} of {cfg.epochs} epochs")
+        return why
+
+    @property
     def is_real(self) -> bool:
-        """Real CIFAR-10, the paper profile, the full training split: may stand in the Val Acc column."""
-        return self.data_source == "cifar10" and self.config.profile == "paper" and self.config.train_size is None
+        """CIFAR-10, the paper profile, full training split and validation set, finished: a Table 1 result."""
+        return not self.shortfalls()
 
     def source(self, result: bool = True) -> str:
-        """Which data, profile and epochs this run's number comes from, in one line.
+        """Which data, profile and epochs this run's numbers come from, in one line.
 
-        ``result``: for a run that is not real, append its number and the "NOT a reproduction" caveat.
+        ``result``: for a run that is not real, append its numbers, "NOT a reproduction" and the reasons.
         """
         cfg, extra = self.config, self.extra
-        data = {"cifar10": "CIFAR-10", "synthetic": "synthetic smoke data"}.get(self.data_source, self.data_source)
         val = ("official test batch" if cfg.val_source == "test"
                else f"{cfg.holdout_fraction:.0%} hold-out")
         sizes = f"val = {val}, {extra['n_val']} images" if "n_val" in extra else f"val = {val}"
@@ -88,9 +125,10 @@ class Run:
                   else f"{self.epochs_done} of {cfg.epochs} epochs")
         knobs = "".join(f", {k.replace('_', ' ')} {getattr(cfg, k)}" for k in REGULARISATION_KEYS
                         if getattr(cfg, k) is not None)
-        text = f"{data} ({sizes}), {cfg.profile} profile, {epochs}{knobs}"
+        text = f"{self.data_label} ({sizes}), {cfg.profile} profile, {epochs}{knobs}"
         if result and not self.is_real:
-            text += f": best val {100 * self.best_val_acc:.2f}% — {NOT_A_REPRODUCTION}"
+            text += (f": best val {100 * self.best_val_acc:.2f}%, final {100 * self.final_val_acc:.2f}% — "
+                     f"{NOT_A_REPRODUCTION} ({'; '.join(self.shortfalls())})")
         return f"{text} [{self.path.name}]"
 
 
@@ -100,8 +138,8 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
     cfg, extra = load_config(run_dir / "config.json")
-    if "model_config" not in extra:  # older runs: rebuild it from the run's settings
-        extra["model_config"] = build_model(cfg.model, **cfg.model_overrides()).config
+    if not isinstance(extra.get("model_config"), dict):
+        raise UserError(f"{run_dir / 'config.json'}: no model_config (not a run folder written by lib.train)")
     hist_path = run_dir / "history.csv"
     if not hist_path.is_file():
         raise UserError(f"{hist_path}: no such file (has the run finished an epoch?)")
@@ -114,8 +152,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise UserError(f"{hist_path}: missing column(s) {', '.join(missing)}")
     if history.empty:
         raise UserError(f"{hist_path}: no epochs recorded yet")
-    if "best_val_acc" not in history.columns:
-        history["best_val_acc"] = history["val_acc"].cummax()
     return Run(run_dir, cfg, extra, history)
 
 
@@ -144,8 +180,8 @@ def plot_figure1(run: Run) -> Figure:
     if run.is_real:
         ax.set_title(f"{label}: {run.source()}", fontsize=7, wrap=True)
     else:  # said on the figure itself, so a smoke plot cannot pass for the report's Figure 1
-        ax.set_title(f"{NOT_A_REPRODUCTION} — {label}: {run.source(result=False)}", fontsize=7, color="red",
-                     wrap=True)
+        ax.set_title(f"{NOT_A_REPRODUCTION} ({'; '.join(run.shortfalls())}) — {label}: {run.source(result=False)}",
+                     fontsize=7, color="red", wrap=True)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -171,18 +207,19 @@ def _architecture(model_config: dict) -> dict:
 
 
 def _row(label: str, model: nn.Module, runs: list[Run], reported: str) -> dict:
-    c = model.config
+    s = model_summary(model)  # the architecture columns, as notebook 02 shows them
     real = [r for r in runs if r.is_real]
     if real:
         best = max(real, key=lambda r: r.best_val_acc)
-        val, source = f"{100 * best.best_val_acc:.2f}", best.source()
-    elif runs:  # smoke / synthetic only: the number goes to Source with the caveat, never to Val Acc
-        val, source = "no real run yet", max(runs, key=lambda r: r.best_val_acc).source()
+        val, final, source = f"{100 * best.best_val_acc:.2f}", f"{100 * best.final_val_acc:.2f}", best.source()
+    elif runs:  # no real run: the numbers go to Source with the caveat, never to the measured columns
+        val = final = "no real run yet"
+        source = max(runs, key=lambda r: r.best_val_acc).source()
     else:
-        val, source = "no run yet", "—"
-    return {"Model": label, "#Params (M)": f"{count_parameters(model) / 1e6:.2f}", "N": str(c["num_groups"]),
-            "B": f"{c['blocks_per_group']} (per group)", "C": ", ".join(str(w) for w in c["widths"]),
-            "Val Acc (%)": val, "Reported Val Acc (%)": reported, "Source": source}
+        val, final, source = "no run yet", "no run yet", "—"
+    return {"Model": label, "#Params (M)": f"{s['parameters'] / 1e6:.2f}", "N": str(s["N"]),
+            "B": f"{s['B']} (per group)", "C": s["C"], "Best Val Acc (%)": val, "Final Val Acc (%)": final,
+            "Reported Val Acc (%)": reported, "Source": source}
 
 
 def table1(runs: list[Run]) -> pd.DataFrame:
@@ -209,8 +246,12 @@ def table1(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-TABLE_NOTE = ("Val Acc (%): best validation accuracy in the run's history.csv (no TTA), only from real runs "
-              "(CIFAR-10, paper profile, full training split); Source gives the data, profile and epochs. "
+TABLE_NOTE = ("Best / Final Val Acc (%): the highest and the last epoch's validation accuracy in the run's "
+              "history.csv (no TTA), only from finished runs on CIFAR-10 with the paper profile, the full "
+              "training split and the full validation set; Source gives the data, profile and epochs, and names "
+              "any other run with the reasons it does not count. With the official test batch as validation set "
+              "(as in the report) the best epoch is picked on the test set, so the best number is optimistic; "
+              "--val-source holdout validates on a hold-out of the training batches and keeps the test set clean. "
               "Reported Val Acc (%): the report's own Table 1, as reported (not measured here). "
               "#Params, N (groups), B (blocks per group) and C (channels) are computed from lib.models.")
 
@@ -219,7 +260,8 @@ def _latex_escape(text: str) -> str:
     """LaTeX's special characters in plain text (Styler escapes the cells, not the caption)."""
     special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(special.get(ch, ch) for ch in text)
+    # "--" would print as an en dash: keep option names such as --val-source as typed
+    return "".join(special.get(ch, ch) for ch in text).replace("--", "-{}-")
 
 
 def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike, update_write_up: bool = True) -> list[Path]:
@@ -233,7 +275,7 @@ def write_table1(table: pd.DataFrame, report_dir: str | os.PathLike, update_writ
           f"{table.to_markdown(index=False, disable_numparse=True)}\n\n{TABLE_NOTE}\n")
     tex = (table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
            .to_latex(caption="List of Model Configurations Experimented. " + _latex_escape(TABLE_NOTE),
-                     label="tab:table1", hrules=True, column_format="l" * 5 + "r" * 2 + "p{6cm}"))
+                     label="tab:table1", hrules=True, column_format="l" * 5 + "r" * 3 + "p{6cm}"))
     paths = []
     for name, text in (("table1.md", md), ("table1.tex", tex)):
         with atomic_path(report_dir / name) as tmp:

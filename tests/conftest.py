@@ -1,4 +1,4 @@
-"""Fixtures every test file shares. Tests run on synthetic smoke data only, never on ../shared/data."""
+"""Fixtures every test file shares. Tests run on synthetic smoke data only, never on real CIFAR-10 files."""
 import os
 import sys
 from pathlib import Path
@@ -23,3 +23,24 @@ def smoke_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke")
     write_smoke_dataset(root)
     return root
+
+
+# Under pytest -n N (make test: -n 2): every test in test_notebooks.py on one worker, scheduled first, every other
+# test balanced one at a time as in --dist load. The notebook checks share one execution of the notebook chain (a
+# session fixture); a second worker would execute the notebooks again. (xdist's own --dist loadgroup does not
+# group here: with pytest 9 it cannot rename the tests it groups.)
+NOTEBOOK_TESTS = "tests/test_notebooks.py::"
+# test_sweep.py's tests share one local Ray (a module fixture; starting Ray costs seconds): one worker too
+ONE_WORKER = (NOTEBOOK_TESTS, "tests/test_sweep.py::")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksOnOneWorker(LoadScopeScheduling):
+        # one work unit per test, except test_notebooks.py's: one unit, the largest, so it goes out first
+        def _split_scope(self, nodeid: str) -> str:
+            return next((prefix for prefix in ONE_WORKER if nodeid.startswith(prefix)), nodeid)
+
+    return NotebooksOnOneWorker(config, log)

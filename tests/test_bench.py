@@ -1,10 +1,13 @@
 """lib.bench: the quick CPU run writes the documented JSON with positive numbers; bad options exit 2."""
 import json
 
+import pytest
+
 from lib import bench
 from lib.common import run_cli
 
 
+@pytest.mark.bench
 def test_quick_cpu_bench_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--quick", "--device", "cpu", "--json", str(out), "--models", "light_resnet18"]) == 0

@@ -10,9 +10,13 @@ import torch
 import torch.nn as nn
 
 from lib.common import UserError
-from lib.data import (BATCH_DIR, CIFAR10_CLASSES, TRAIN_BATCHES, balanced_subset, channel_stats, ensure_smoke_data,
+from lib.data import (BATCH_DIR, TRAIN_BATCHES, balanced_subset, channel_stats, ensure_smoke_data,
                       find_cifar_dir, load_cifar10, load_kaggle_test, load_splits, restricted_load,
                       stratified_holdout, write_smoke_dataset)
+
+
+# batches.meta's label_names in the official release, in label order
+OFFICIAL_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def copy_batches(smoke_root, dest, skip=()):
@@ -35,7 +39,7 @@ def test_smoke_data_loads_from_both_dir_forms(smoke_root):
     assert a.train_y.shape == (1000,) and a.train_y.dtype == np.int64
     assert a.test_x.shape == (500, 32, 32, 3) and a.test_y.dtype == np.int64
     assert (counts(a.train_y) == 100).all() and (counts(a.test_y) == 50).all()
-    assert a.label_names == CIFAR10_CLASSES
+    assert a.label_names == OFFICIAL_CLASSES
     assert a.source == b.source == "synthetic"
     np.testing.assert_array_equal(a.train_x, b.train_x)
     np.testing.assert_array_equal(a.test_y, b.test_y)
@@ -73,7 +77,7 @@ def test_str_keys_load_like_byte_keys(smoke_root, tmp_path):
     assert b.source == "synthetic" and b.label_names == a.label_names
 
 
-# The official files' exact format, as ../shared/tools/cifar10_from_jpeg.py writes it (copied, so the test needs
+# The official release's exact file format, written here (so the test needs
 # nothing outside the repository): Python 2 pickles with str keys, numpy.core.multiarray._reconstruct arrays.
 class Py2Str(bytes):
     pass
@@ -106,14 +110,14 @@ def test_official_python2_format_loads(tmp_path):
     for i, name in enumerate(TRAIN_BATCHES):
         dump_py2_dict({"batch_label": Py2Str(b"training batch"), "labels": [int(v) for v in labels[i]],
                        "data": rows[i], "filenames": [Py2Str(b"a.png")] * 20}, out / name)
-    dump_py2_dict({"num_cases_per_batch": 20, "label_names": [Py2Str(c.encode()) for c in CIFAR10_CLASSES],
+    dump_py2_dict({"num_cases_per_batch": 20, "label_names": [Py2Str(c.encode()) for c in OFFICIAL_CLASSES],
                    "num_vis": 3072}, out / "batches.meta")
     assert b"cnumpy.core.multiarray\n_reconstruct" in (out / "data_batch_1").read_bytes()
 
     d = load_cifar10(tmp_path)
     np.testing.assert_array_equal(d.train_x, rows.reshape(100, 3, 32, 32).transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(d.train_y, labels.reshape(-1))
-    assert d.test_x is None and d.source == "cifar10" and d.label_names == CIFAR10_CLASSES
+    assert d.test_x is None and d.source == "cifar10" and d.label_names == OFFICIAL_CLASSES
 
 
 @pytest.mark.parametrize("change, needle", [

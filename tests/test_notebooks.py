@@ -1,8 +1,9 @@
 """The notebooks: committed without outputs, thin over lib/, and executed on the smoke profile.
 
-Every execution (nbval over all five, the papermill chain 01-05, 04 and 05 alone, 03 with overrides) runs in its
-own scratch copy of what a fresh clone holds (lib/, notebooks/, requirements.txt), so smoke data, run folders,
-figures, tables and submission.csv land in tmp, never in the working tree, and pytest -n workers share nothing.
+Each notebook is executed once per test session, by papermill (as `make smoke` and a user's `papermill -p ...` run
+them), in CHAIN order in one scratch copy of what a fresh clone holds (lib/, notebooks/, requirements.txt), so
+smoke data, run folders, figures, tables and submission.csv land in tmp, never in the working tree. The checks
+per notebook read what that one execution left (the executed notebooks and the clone's files).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
@@ -24,23 +26,29 @@ from lib.config import RunConfig
 from lib.data import load_kaggle_test
 
 REPO = Path(__file__).resolve().parent.parent
-CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results", "05_kaggle_submission"]
-NOTEBOOKS = [*CHAIN, "07_sweep"]  # 07 (the hyper-parameter study, lib.sweep on Ray) stands outside the chain
+# The notebooks, in the order the chain executes them (a new notebook: add it here, its -p values to CHAIN_PARAMS)
+CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results", "05_kaggle_submission",
+         "06_analysis", "07_sweep"]
 # The notebooks default to the report's RobustResNet64; a smoke epoch of it takes minutes on 2 CPU cores, so the
-# executions here pick LightResNet18 -- through the notebooks' own parameter (papermill -p, or CIFAR_MODEL for
-# nbval, which cannot inject parameters), never by changing a default.
+# executions here pick LightResNet18 -- through the notebooks' own parameter, never by changing a default.
 CI_MODEL = "light_resnet18"
 SMOKE_RUN = f"runs/{CI_MODEL}_smoke"  # the run folder 03 names for the smoke profile; 04 and 05 look for it
+# 03 runs with overrides, so its run gets a folder of its own (one per setting) and the overrides can be checked
+# in it; 04 then finds no SMOKE_RUN and trains it itself, as on a fresh Colab runtime; 05 predicts with that run.
+OVERRIDE_RUN = f"runs/{CI_MODEL}_smoke_epochs1_dropout0.2"
+CHAIN_PARAMS = {"03_training": {"model": CI_MODEL, "epochs": 1, "dropout": 0.2},
+                "04_results": {"model": CI_MODEL},
+                "05_kaggle_submission": {"model": CI_MODEL},
+                "06_analysis": {"model": CI_MODEL},
+                "07_sweep": {"model": CI_MODEL}}
+SMOKE_OUT = "scratch/smoke"  # where 04 and 05 put a smoke report and submission (never figures/ or report/)
 TIMEOUT = 900  # seconds per subprocess: generous for a loaded 2-core CI machine
 # what notebook 03 must expose, named like the `python -m lib.train` options
 TRAINING_PARAMETERS = {"model", "profile", "epochs", "dropout", "base_channels", "blocks_per_group", "kernel_size",
                        "batch_size", "lr", "warmup_epochs", "label_smoothing", "mix_prob", "augment", "seed",
                        "data_dir", "run_name", "resume"}
-# values a parameters cell may read from the environment (nbval cannot inject parameters)
+# values a parameters cell may read from the environment (for tools that cannot inject parameters)
 FROM_ENVIRONMENT = {"profile": ("CIFAR_PROFILE", "paper"), "model": ("CIFAR_MODEL", "robust_resnet64")}
-
-notebooks_run = pytest.mark.notebooks
-
 
 def read(name: str) -> nbformat.NotebookNode:
     return nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -67,11 +75,11 @@ def parameters(nb) -> dict[str, ast.expr]:
 # --------------------------------------------------------------------------------------------------------------
 # The committed files (fast)
 # --------------------------------------------------------------------------------------------------------------
-def test_the_five_notebooks_are_there():
-    assert sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")) == NOTEBOOKS
+def test_chain_lists_every_notebook():
+    assert sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb")) == CHAIN
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", CHAIN)
 def test_committed_without_outputs(name):
     """Our `nbstripout --verify`: no outputs, execution counts or execution metadata, so diffs stay readable."""
     nb = read(name)
@@ -83,7 +91,7 @@ def test_committed_without_outputs(name):
         assert set(c.metadata) <= {"tags"}, f"{name}: cell {c.id} metadata {sorted(c.metadata)}"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", CHAIN)
 def test_parameters_are_plain_literals(name):
     """papermill's convention: one `parameters` cell of literals; only the profile and model may come from the
     environment (so nbval, which cannot inject parameters, runs the smoke profile)."""
@@ -104,7 +112,7 @@ def test_training_parameters_are_named_like_the_cli():
     assert all(ast.literal_eval(params[k]) is None for k in TRAINING_PARAMETERS - {"model", "profile"})
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", CHAIN)
 def test_notebooks_are_thin(name):
     """Narrative over lib/: no model, augmentation or training code defined in a notebook."""
     for c in code_cells(read(name)):
@@ -120,7 +128,7 @@ def test_notebooks_are_thin(name):
 
 def test_first_cell_does_nothing_outside_colab(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in NOTEBOOKS:
+    for name in CHAIN:
         namespace = {}
         exec(cell(read(name), "colab"), namespace)
         assert "REPO_URL" in namespace and namespace["USE_DRIVE"] is False
@@ -138,7 +146,7 @@ def test_setup_cell_finds_the_repository_root(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Executions on the smoke profile (slow: deselect with -m "not notebooks")
+# The chain: every notebook executed once on the smoke profile (slow: deselect with -m "not notebooks")
 # --------------------------------------------------------------------------------------------------------------
 def fresh_clone(dest: Path) -> Path:
     """What a fresh clone needs to run the notebooks, without data/, runs/ or caches."""
@@ -156,95 +164,129 @@ def smoke_env(**extra: str) -> dict[str, str]:
     return {**env, "CIFAR_PROFILE": "smoke", "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
-def papermill(clone: Path, name: str, out_dir: Path, env: dict[str, str], **params) -> nbformat.NotebookNode:
+def papermill(clone: Path, name: str, out_dir: Path, env: dict[str, str], **params) -> subprocess.CompletedProcess:
     """`papermill notebooks/NAME.ipynb OUT -k python3 -p KEY VALUE ...`, as a user types it, from the clone's root."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{name}.ipynb"
-    cmd = [sys.executable, "-m", "papermill", f"notebooks/{name}.ipynb", str(out), "-k", "python3", "--no-progress-bar"]
+    cmd = [sys.executable, "-m", "papermill", f"notebooks/{name}.ipynb", str(out_dir / f"{name}.ipynb"),
+           "-k", "python3", "--no-progress-bar"]
     for key, value in params.items():
         cmd += ["-p", key, str(value)]
-    proc = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"papermill {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return nbformat.read(out, as_version=4)
+    return subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+class Chain:
+    """The clone the chain ran in, and each notebook's papermill result."""
+
+    def __init__(self, clone: Path, out_dir: Path):
+        self.clone, self.out_dir, self.results = clone, out_dir, {}
+
+    def executed(self, name: str) -> nbformat.NotebookNode:
+        """NAME's executed notebook; fails the calling test with papermill's output if NAME's execution failed."""
+        proc = self.results[name]
+        if proc.returncode != 0:
+            pytest.fail(f"papermill {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        return nbformat.read(self.out_dir / f"{name}.ipynb", as_version=4)
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory) -> Chain:
+    """CHAIN executed once, in order, in one fresh clone. A failing notebook does not stop the ones after it: each
+    check reports its own notebook."""
+    root = tmp_path_factory.mktemp("chain")
+    result = Chain(fresh_clone(root / "clone"), root / "executed")
+    result.out_dir.mkdir()
+    env = smoke_env()
+    for name in CHAIN:
+        result.results[name] = papermill(result.clone, name, result.out_dir, env, **CHAIN_PARAMS.get(name, {}))
+    return result
 
 
 def stream_text(nb) -> str:
     return "".join(o.get("text", "") for c in code_cells(nb) for o in c.outputs if o.output_type == "stream")
 
 
-def check_smoke_outputs(clone: Path, submission: Path) -> None:
-    """What the smoke chain leaves behind: the run folder, Figure 1, Table 1 and a well-formed submission."""
-    config = json.loads((clone / SMOKE_RUN / "config.json").read_text())
+# A check on the chain: -m "not notebooks" skips it. (Under pytest -n, tests/conftest.py schedules this whole file
+# on one worker, so the chain executes once.)
+chain_check = pytest.mark.notebooks
+
+
+@chain_check
+@pytest.mark.parametrize("name", CHAIN)
+def test_chain_runs_every_notebook(chain, name):
+    nb = chain.executed(name)
+    injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert injected == bool(CHAIN_PARAMS.get(name)), "papermill -p values land after the parameters cell"
+
+
+@chain_check
+def test_overrides_reach_the_run(chain):
+    """`papermill 03_training.ipynb out.ipynb -p epochs 1 -p dropout 0.2`: the run's config.json shows both."""
+    text = stream_text(chain.executed("03_training"))
+    assert "epoch   1/1" in text
+    assert "\r" not in text and "it/s" not in text  # headless: no progress bars in the output
+    run = chain.clone / OVERRIDE_RUN  # one folder per setting
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 1 and config["dropout"] == 0.2 and config["profile"] == "smoke"
+    assert config["model"] == CI_MODEL and config["data_source"] == "synthetic"
+    assert config["model_config"]["dropout"] == 0.2  # reached the model, not just the record
+    with open(run / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1"]
+
+
+@chain_check
+def test_results_trains_the_run_it_needs_and_reports(chain):
+    """04 with no smoke run in runs/ (a fresh Colab runtime) trains it, then writes Figure 1 and Table 1."""
+    assert "no smoke run in" in stream_text(chain.executed("04_results"))
+    config = json.loads((chain.clone / SMOKE_RUN / "config.json").read_text())
     assert config["profile"] == "smoke" and config["model"] == CI_MODEL and config["data_source"] == "synthetic"
+    assert (chain.clone / SMOKE_RUN / "best.pt").is_file()
     for path in ("figures/figure1.png", "figures/figure1.pdf", "report/table1.md", "report/table1.tex"):
-        assert (clone / path).stat().st_size > 0, path
-    table = (clone / "report/table1.md").read_text()
+        assert (chain.clone / SMOKE_OUT / path).stat().st_size > 0, path
+    assert not (chain.clone / "figures").exists() and not (chain.clone / "report").exists(), \
+        "smoke output in the committed folders"
+    table = (chain.clone / SMOKE_OUT / "report/table1.md").read_text()
     assert "NOT a reproduction" in table and "no real run yet" in table  # a smoke number is never a result
-    _, ids = load_kaggle_test(clone / "data/smoke/kaggle_test.pkl")
-    with open(submission, newline="") as f:
+
+
+@chain_check
+def test_submission_from_the_smoke_run(chain):
+    """05 predicts with the smoke run (the one 04 trained) and writes a well-formed submission, never uploaded."""
+    text = stream_text(chain.executed("05_kaggle_submission"))
+    assert "no smoke run in" not in text and f"{SMOKE_RUN}/best.pt" in text
+    assert "not submitting" in text  # a smoke submission is never uploaded
+    _, ids = load_kaggle_test(chain.clone / "data/smoke/kaggle_test.pkl")
+    with open(chain.clone / SMOKE_OUT / "submission.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["ID", "Labels"]
     assert [int(r[0]) for r in rows[1:]] == ids.tolist()  # the pickle's id order
     assert all(0 <= int(r[1]) <= 9 for r in rows[1:])
 
 
-@notebooks_run
-def test_nbval_over_the_notebooks(tmp_path):
-    """`pytest --nbval-lax notebooks/` with CIFAR_PROFILE=smoke: every cell of 01-05 and 07 runs without error."""
-    clone = fresh_clone(tmp_path / "clone")
-    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=600",
-           "-p", "no:cacheprovider", "-o", "addopts=", "-q", "notebooks"]
-    proc = subprocess.run(cmd, cwd=clone, env=smoke_env(CIFAR_MODEL=CI_MODEL), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    assert proc.returncode == 0, f"nbval failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
-    check_smoke_outputs(clone, clone / "submission.csv")
+@chain_check
+def test_analysis_of_the_smoke_run(chain):
+    """06 analyses the smoke run: metrics.json agrees with its own predictions.npz."""
+    chain.executed("06_analysis")
+    out = chain.clone / SMOKE_RUN / "analysis"
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = np.load(out / "predictions.npz")
+    assert metrics["n"] == len(predictions["labels"]) > 0
+    assert metrics["accuracy"] == float((predictions["probs"].argmax(1) == predictions["labels"]).mean())
+    for name in ("confusion.png", "reliability.png", "corruptions.csv", "mistakes.png"):
+        assert (out / name).stat().st_size > 0, name
 
 
-@notebooks_run
-def test_papermill_chain(tmp_path):
-    """01 -> 05 with papermill on the smoke profile: 03 trains, 04 reports on that run, 05 predicts with it."""
-    clone, out = fresh_clone(tmp_path / "clone"), tmp_path / "executed"
-    env = smoke_env()
-    for name in CHAIN:
-        params = {"model": CI_MODEL} if name in ("03_training", "04_results", "05_kaggle_submission") else {}
-        if name == "05_kaggle_submission":
-            params["submission_file"] = tmp_path / "submission.csv"
-        nb = papermill(clone, name, out, env, **params)
-        assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells) or not params
-        if name == "03_training":
-            text = stream_text(nb)
-            assert "epoch   2/2" in text
-            assert "\r" not in text and "it/s" not in text  # headless: no progress bars in the output
-        if name == "05_kaggle_submission":
-            assert "not submitting" in stream_text(nb)  # a smoke submission is never uploaded
-    check_smoke_outputs(clone, tmp_path / "submission.csv")
-    # executed copies went to tmp: notebooks/ still holds exactly the five clean notebooks
-    assert sorted(p.name for p in (clone / "notebooks").iterdir()) == [f"{n}.ipynb" for n in NOTEBOOKS]
+@chain_check
+def test_sweep_study_on_smoke(chain):
+    """07 runs a tiny 2 x 2 sweep on a local Ray and draws it: four finished trials, the figure and the table."""
+    chain.executed("07_sweep")
+    sweep_dir = chain.clone / f"runs/sweep_{CI_MODEL}_smoke"
+    with open(sweep_dir / "sweep.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["finished"] * 4
+    for path in (f"figures/sweep_{CI_MODEL}_smoke.png", f"report/sweep_{CI_MODEL}_smoke.md"):
+        assert (chain.clone / SMOKE_OUT / path).stat().st_size > 0, path
 
 
-@notebooks_run
-@pytest.mark.parametrize("name", ["04_results", "05_kaggle_submission"])
-def test_results_and_submission_run_alone(tmp_path, name):
-    """From a fresh clone with no run folder, 04 and 05 train the smoke run they need themselves."""
-    clone = fresh_clone(tmp_path / "clone")
-    nb = papermill(clone, name, tmp_path / "executed", smoke_env(), model=CI_MODEL)
-    assert "no smoke run in" in stream_text(nb)
-    assert (clone / SMOKE_RUN / "best.pt").is_file()
-    if name == "04_results":
-        assert (clone / "figures/figure1.png").is_file() and (clone / "report/table1.md").is_file()
-    else:
-        assert (clone / "submission.csv").is_file()
+@chain_check
+def test_chain_leaves_the_notebooks_clean(chain):
+    """Executed copies go elsewhere: notebooks/ still holds exactly the clean notebooks."""
+    assert sorted(p.name for p in (chain.clone / "notebooks").iterdir()) == [f"{n}.ipynb" for n in CHAIN]
 
-
-@notebooks_run
-def test_papermill_overrides_reach_the_run(tmp_path):
-    """`papermill 03_training.ipynb out.ipynb -p epochs 1 -p dropout 0.2`: the run's config.json shows both."""
-    clone = fresh_clone(tmp_path / "clone")
-    papermill(clone, "03_training", tmp_path, smoke_env(), epochs=1, dropout=0.2, model=CI_MODEL)
-    run = clone / "runs" / f"{CI_MODEL}_smoke_epochs1_dropout0.2"  # one folder per setting
-    config = json.loads((run / "config.json").read_text())
-    assert config["epochs"] == 1 and config["dropout"] == 0.2 and config["profile"] == "smoke"
-    assert config["model_config"]["dropout"] == 0.2  # reached the model, not just the record
-    with open(run / "history.csv") as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["1"]

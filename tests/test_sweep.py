@@ -19,7 +19,6 @@ import ray  # noqa: F401 - tests/requirements.txt installs ray[tune]; lib.sweep 
 from lib import sweep
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.xdist_group("ray")  # with pytest -n: one worker runs them all, on one local Ray
 # --max-concurrent 1 in the tests: one trial worker, reused from trial to trial, instead of two starting (each
 # imports torch: seconds on a 2-core machine) -- the trials are tiny, so parallel trials would not win that back.
 TINY = ["--profile", "smoke", "--model", "light_resnet18", "--train-size", "40", "--val-size", "20",

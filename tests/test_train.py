@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lib.train as train_mod
+from lib.common import run_cli
 from lib.config import make_config
 from lib.train import DivergedError, make_optimizer, make_scheduler, train
 
@@ -27,9 +28,13 @@ def read_history(run_dir):
         return list(csv.DictReader(f))
 
 
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "lib.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+def train_cli(capsys, *args) -> tuple[int, str]:
+    """``python -m lib.train ARGS`` in this process (what the module's __main__ runs): exit code and stderr."""
+    try:
+        code = run_cli(train_mod.main, [str(a) for a in args])
+    except SystemExit as exc:  # argparse's own exit on a malformed option
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
 def test_learns_on_smoke_data(smoke_root, tmp_path):
@@ -162,7 +167,8 @@ def test_schedule_is_linear_warmup_then_cosine_per_step():
     assert lrs[0] == pytest.approx(0.1 / 10)
     assert lrs[:10] == sorted(lrs[:10]) and lrs[10] == pytest.approx(0.1)
     assert lrs[10:] == sorted(lrs[10:], reverse=True) and lrs[-1] < 0.001
-    assert lrs[55] == pytest.approx(0.05, rel=1e-4)  # half-way through the 90 cosine steps: cos(pi/2) = 0
+    # cosine over the 90 steps after warm-up: half the peak half-way, 0.1 * (1 + cos(pi/3)) / 2 a third in
+    assert lrs[55] == pytest.approx(0.05, rel=1e-4) and lrs[40] == pytest.approx(0.075, rel=1e-4)
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -174,31 +180,33 @@ def test_schedule_is_linear_warmup_then_cosine_per_step():
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
     (["--val-source", "holdout", "--holdout-fraction", "1.5"], "--holdout-fraction"),
 ])
-def test_cli_bad_input_is_one_line_exit_2(smoke_root, tmp_path, args, needle):
-    res = run_cli("--profile", "smoke", "--data-dir", str(smoke_root), "--out", str(tmp_path / "run"),
-                  "--no-progress", *args)
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], res.stderr
+def test_cli_bad_input_is_one_line_exit_2(smoke_root, tmp_path, args, needle, capsys):
+    code, err = train_cli(capsys, "--profile", "smoke", "--data-dir", smoke_root, "--out", tmp_path / "run",
+                          "--no-progress", *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_cli_missing_data_names_the_folder(tmp_path):
-    res = run_cli("--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--epochs", "1")
-    assert res.returncode == 2
-    assert len(res.stderr.strip().splitlines()) == 1 and "nowhere" in res.stderr and "--download" in res.stderr
+def test_cli_missing_data_names_the_folder(tmp_path, capsys):
+    code, err = train_cli(capsys, "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "run", "--epochs", "1")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "nowhere" in err and "--download" in err
 
 
-def test_cli_end_to_end_and_resume_rules(smoke_root, tmp_path):
+def test_cli_end_to_end_and_resume_rules(smoke_root, tmp_path, capsys):
+    """The real command once (`python -m lib.train`, a subprocess), then the resume rules in this process."""
     out = tmp_path / "run"
     common = ["--profile", "smoke", "--data-dir", str(smoke_root), "--out", str(out), "--model", "light_resnet18",
               "--base-channels", "8", "--train-size", "64", "--val-size", "40", "--epochs", "1", "--no-progress"]
-    res = run_cli(*common)
+    res = subprocess.run([sys.executable, "-m", "lib.train", *common], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr
     assert "best val accuracy" in res.stdout and (out / "best.pt").exists()
-    again = run_cli(*common)  # same folder without --resume: refuse rather than overwrite
-    assert again.returncode == 2 and "--resume" in again.stderr
-    changed = run_cli(*common[:-3], "--epochs", "3", "--no-progress", "--resume")
-    assert changed.returncode == 2 and "--epochs" in changed.stderr
-    done = run_cli(*common, "--resume")  # already finished: resumes to nothing, keeps the history
-    assert done.returncode == 0 and len(read_history(out)) == 1
+    code, err = train_cli(capsys, *common)  # same folder without --resume: refuse rather than overwrite
+    assert code == 2 and "--resume" in err
+    code, err = train_cli(capsys, *common[:-3], "--epochs", "3", "--no-progress", "--resume")
+    assert code == 2 and "--epochs" in err
+    code, err = train_cli(capsys, *common, "--resume")  # already finished: resumes to nothing, keeps the history
+    assert code == 0 and len(read_history(out)) == 1
