@@ -15,9 +15,10 @@ SMOKE_OUT   := $(SCRATCH)/smoke
 SMOKE_RUNS  := $(SMOKE_OUT)/runs
 SMOKE_NB    := CIFAR_PROFILE=smoke $(PAPERMILL)
 # `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.sweep; a local Ray unless SWEEP_ADDRESS names a
-# cluster), then its figure (figures/sweep_<name>.png) and table (report/sweep_<name>.md). SWEEP_PARAMS: one
-# NAME=V1,V2 per swept setting; SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.sweep option,
-# e.g. "--scheduler asha --gpus-per-trial 0.5". Rerunning continues the sweep (--resume).
+# cluster), then its figure (sweep_<name>.png) and table (sweep_<name>.md) in figures/ and report/ -- for the smoke
+# profile in $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report. SWEEP_PARAMS: one NAME=V1,V2 per swept setting;
+# SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.sweep option, e.g. "--scheduler asha
+# --gpus-per-trial 0.5". Rerunning continues the sweep (--resume).
 SWEEP_PROFILE ?= smoke
 SWEEP_MODEL   ?= light_resnet18
 SWEEP_PARAMS  ?= dropout=0.0,0.1 lr=0.05,0.1
@@ -25,6 +26,7 @@ SWEEP_NAME    ?= $(SWEEP_MODEL)_$(SWEEP_PROFILE)
 SWEEP_DIR     ?= runs/sweep_$(SWEEP_NAME)
 SWEEP_ADDRESS ?=
 SWEEP_ARGS    ?=
+SWEEP_OUT     := $(if $(filter smoke,$(SWEEP_PROFILE)),$(SMOKE_OUT)/,)
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
@@ -70,10 +72,9 @@ reproduce: venv
 	$(PY) -m lib.report --runs $(addprefix runs/,$(REPRODUCE_MODELS)) --figures figures --report report
 
 sweep: venv
-	$(PY) -c "import ray.tune" 2>/dev/null || $(PY) -m pip install --quiet -r tests/requirements.txt  # Ray: lib.sweep only
 	$(PY) -m lib.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
 		$(if $(SWEEP_ADDRESS),--address $(SWEEP_ADDRESS)) --out $(SWEEP_DIR) --resume $(SWEEP_ARGS)
-	$(PY) -m lib.report --sweep $(SWEEP_DIR) --figures figures --report report
+	$(PY) -m lib.report --sweep $(SWEEP_DIR) --figures $(SWEEP_OUT)figures --report $(SWEEP_OUT)report
 
 # JupyterLab on the repository, in the project's environment, opened at notebooks/ (LAB_ARGS: e.g. --port 8889,
 # or --allow-root inside a container).
