@@ -10,7 +10,9 @@ Measures, with the report's full augmentation set (augment=full, MixUp/CutMix pr
 - training step per model: the step lib.train runs on this device (its amp / channels_last / compile settings)
   and a plain eager fp32 NCHW step, interleaved, median of repeats;
 - inference per model (eval mode, the configured precision and memory format); peak memory; and, from these,
-  the share of step time the batched loader would take.
+  the share of step time the batched loader would take;
+- the configured step fed by the device loader, interleaved with the others: seconds per 50,000-image epoch
+  (data included, validation not) and the data pipeline's measured share of step time.
 Data are random uint8 images (speed does not depend on content). Numbers in report/benchmarks.md.
 """
 from __future__ import annotations
@@ -200,7 +202,8 @@ def bench_kornia(cfg, x, mean, std, device, rounds: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------
-def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch):
+def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch, loader=None):
+    """A function running ``steps`` training steps on one fixed batch, or fed by ``loader`` (data time included)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(name).to(device, memory_format=fmt)
     optimizer = make_optimizer(cfg, model)
@@ -214,29 +217,41 @@ def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch):
     x = x.contiguous(memory_format=fmt)
     soft = torch.softmax(torch.randn(batch, 10, generator=g), 1).to(device)
 
+    batches = _batches(loader) if loader is not None else None
+
     def run(steps: int) -> None:
         for _ in range(steps):
-            loss, _ = train_step(step_model, x, soft, optimizer, scheduler, criterion, scaler, dtype)
+            xb, sb = next(batches) if batches is not None else (x, soft)
+            loss, _ = train_step(step_model, xb, sb, optimizer, scheduler, criterion, scaler, dtype)
         loss.item()  # one sync at the end, as the training loop's periodic check
 
     return run
 
 
 def bench_train_steps(cfg, models, device, sizes) -> dict[str, Any]:
-    """Configured step (lib.train's settings for this device) vs plain eager fp32 NCHW, interleaved."""
+    """Configured step (lib.train's settings for this device) vs plain eager fp32 NCHW, interleaved; and the
+    configured step fed by the device loader (BatchAugment + BatchMix on 8 batches of random images, cycled):
+    what an epoch costs with its data, and so the data pipeline's measured share of step time."""
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     bs, steps = sizes["step_batch"], sizes["steps"]
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (8 * bs, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, len(images)).astype(np.int64)
     out: dict[str, Any] = {"settings": {"amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
                                         "channels_last": channels_last, "compile": cfg.compile,
                                         "batch_size": bs, "steps_per_repeat": steps,
                                         "repeats": sizes["repeats"]},
-                           "configured": {}, "plain": {}, "ratio": {}}
+                           "configured": {}, "plain": {}, "with_loader": {}, "ratio": {}}
     for name in models:
         variants = {"configured": _step_setup(cfg, name, device, dtype=dtype, channels_last=channels_last,
                                               compile_=cfg.compile, batch=bs),
                     "plain": _step_setup(cfg, name, device, dtype=None, channels_last=False, compile_=False,
-                                         batch=bs)}
+                                         batch=bs),
+                    "with_loader": _step_setup(cfg, name, device, dtype=dtype, channels_last=channels_last,
+                                               compile_=cfg.compile, batch=bs, loader=make_train_loader(
+                                                   dataclasses.replace(cfg, batch_size=bs), images, labels,
+                                                   [0.49, 0.48, 0.45], [0.25, 0.24, 0.26], device, "device"))}
         for run in variants.values():
             run(3 if cfg.compile or device.type == "cuda" else 2)  # warm-up (and compilation)
         times = {k: [] for k in variants}
@@ -305,6 +320,11 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
         "train_step_ratio": steps["ratio"], "train_step_settings": steps["settings"],
         "inference_img_s": inference,
         "data_loading_share": share,
+        # measured side by side: the configured step on a fixed batch vs fed by the device loader
+        "train_step_with_loader_img_s": steps["with_loader"],
+        "data_share_measured": {m: max(0.0, 1 - steps["with_loader"][m] / steps["configured"][m]) for m in models},
+        # a 50,000-image epoch at the step's batch size, data included, validation excluded
+        "epoch_seconds_50k": {m: 50_000 / steps["with_loader"][m] for m in models},
         "per_sample_cores_to_feed": {m: steps["configured"][m] / data["per_sample_img_s"] for m in models},
         "peak_memory_mb": peak_memory_mb(device),
         "seconds": time.perf_counter() - t0,
@@ -337,7 +357,9 @@ def format_table(result: dict[str, Any]) -> str:
         "train img/s (plain fp32 NCHW)": result["train_step_plain_img_s"],
         "ratio": result["train_step_ratio"],
         "inference img/s": result["inference_img_s"],
-        "batched data share": result["data_loading_share"]})
+        "batched data share": result["data_loading_share"],
+        "data share (measured)": result["data_share_measured"],
+        "s per 50k epoch": result["epoch_seconds_50k"]})
     lines.append(f"train step: batch {s['batch_size']}, configured = amp {s['amp_dtype']}, channels_last "
                  f"{s['channels_last']}, compile {s['compile']}; median of {s['repeats']} repeats")
     lines.append(table.to_markdown(floatfmt=",.2f"))

@@ -21,6 +21,9 @@ def test_quick_cpu_bench_json(tmp_path, capsys):
                 "data_loading_share"):
         assert set(r[key]) == {"light_resnet18"} and r[key]["light_resnet18"] > 0, key
     assert 0 < r["data_loading_share"]["light_resnet18"] < 1
+    fed = r["train_step_with_loader_img_s"]["light_resnet18"]
+    assert fed > 0 and abs(r["epoch_seconds_50k"]["light_resnet18"] * fed - 50_000) < 1e-6 * 50_000
+    assert 0 <= r["data_share_measured"]["light_resnet18"] < 1
     s = r["train_step_settings"]
     assert s["amp_dtype"] is None and s["compile"] is False  # CPU: fp32, eager
     assert r["peak_memory_mb"] > 0
