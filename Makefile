@@ -14,12 +14,19 @@ SMOKE_MODEL ?= robust_resnet64
 SMOKE_OUT   := $(SCRATCH)/smoke
 SMOKE_RUNS  := $(SMOKE_OUT)/runs
 SMOKE_NB    := CIFAR_PROFILE=smoke $(PAPERMILL)
-# `make sweep`: notebook 03 once per value of SWEEP_PARAM; 03 names each run folder after its setting
-# (runs/robust_resnet64_smoke_dropout0.1, ...). SWEEP_PROFILE=paper for real runs (GPU).
+# `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.sweep; a local Ray unless SWEEP_ADDRESS names a
+# cluster), then its figure (sweep_<name>.png) and table (sweep_<name>.md) in figures/ and report/ -- for the smoke
+# profile in $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report. SWEEP_PARAMS: one NAME=V1,V2 per swept setting;
+# SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.sweep option, e.g. "--scheduler asha
+# --gpus-per-trial 0.5". Rerunning continues the sweep (--resume).
 SWEEP_PROFILE ?= smoke
-SWEEP_PARAM   ?= dropout
-SWEEP_VALUES  ?= 0.0 0.1 0.2
+SWEEP_MODEL   ?= light_resnet18
+SWEEP_PARAMS  ?= dropout=0.0,0.1 lr=0.05,0.1
+SWEEP_NAME    ?= $(SWEEP_MODEL)_$(SWEEP_PROFILE)
+SWEEP_DIR     ?= runs/sweep_$(SWEEP_NAME)
+SWEEP_ADDRESS ?=
 SWEEP_ARGS    ?=
+SWEEP_OUT     := $(if $(filter smoke,$(SWEEP_PROFILE)),$(SMOKE_OUT)/,)
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
@@ -67,14 +74,10 @@ reproduce: venv
 	done
 	$(PY) -m lib.report --runs $(addprefix runs/,$(REPRODUCE_MODELS)) --figures figures --report report
 
-# Rerunnable: resume=True continues an interrupted run and leaves a finished one as it is.
 sweep: venv
-	mkdir -p $(SCRATCH)/sweep
-	for v in $(SWEEP_VALUES); do \
-		CIFAR_PROFILE=$(SWEEP_PROFILE) $(PAPERMILL) notebooks/03_training.ipynb \
-			$(SCRATCH)/sweep/03_training_$(SWEEP_PROFILE)_$(SWEEP_PARAM)$$v.ipynb \
-			-p $(SWEEP_PARAM) $$v -p resume True $(SWEEP_ARGS) || exit 1; \
-	done
+	$(PY) -m lib.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
+		$(if $(SWEEP_ADDRESS),--address $(SWEEP_ADDRESS)) --out $(SWEEP_DIR) --resume $(SWEEP_ARGS)
+	$(PY) -m lib.report --sweep $(SWEEP_DIR) --figures $(SWEEP_OUT)figures --report $(SWEEP_OUT)report
 
 # JupyterLab on the repository, in the project's environment, opened at notebooks/ (LAB_ARGS: e.g. --port 8889,
 # or --allow-root inside a container).

@@ -94,6 +94,8 @@ class RunConfig:
     num_workers: Optional[int] = _opt("DataLoader workers for the torchvision loader (auto if unset)",
                                       default=None)
     compile: bool = _opt("torch.compile the model (off by default)", default=False)
+    sync_bn: bool = _opt("SyncBatchNorm: batch statistics over all torchrun processes (several processes only)",
+                         default=False)
     # auto: on CUDA only (lib.augment.resolve_channels_last says why not on the CPU)
     channels_last: Optional[bool] = _opt("channels_last memory format (auto: on CUDA, off on the CPU)", default=None)
     amp: bool = _opt("mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 + GradScaler)",

@@ -12,6 +12,7 @@ folder (a second one exits with code 2); SIGTERM, like Ctrl-C, abandons the epoc
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import platform
 import shlex
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
 from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
@@ -159,8 +161,8 @@ def _check_resume_config(cfg: RunConfig, stored: dict[str, Any], path: Path) -> 
                         f"(start a new --out to change them)")
 
 
-def _open_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None: a new run). Call with the run folder held."""
+def _open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: a new run). Call with the run folder held (catch_up: it writes)."""
     last_path = run_dir / "last.pt"
     if not last_path.exists():
         if cfg.resume:
@@ -171,7 +173,8 @@ def _open_run(cfg: RunConfig, run_dir: Path) -> dict[str, Any] | None:
                         f"or choose another --out")
     ckpt = read_checkpoint(last_path, resume=True)
     _check_resume_config(cfg, ckpt["config"], last_path)
-    _catch_up(run_dir, ckpt)
+    if catch_up:
+        _catch_up(run_dir, ckpt)
     return ckpt
 
 
@@ -209,13 +212,20 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     cfg.validate()
     device = resolve_device(cfg.device)  # every setting is checked before any file is touched
     run_dir = Path(cfg.out)
-    with hold_run_dir(run_dir), interrupts_handled():
-        return _train_held(cfg, device, run_dir, on_epoch)
+    ctx = distributed.setup(cfg.device, cfg.sync_bn)  # under torchrun: this process's rank; else rank 0 of 1
+    if not ctx.is_main:  # rank 0 alone holds and writes the run folder and shows progress
+        cfg = dataclasses.replace(cfg, progress=False)
+    try:
+        with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled():
+            return _train_held(cfg, ctx.device(device), run_dir, on_epoch, ctx)
+    finally:
+        ctx.close()
 
 
-def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch) -> dict[str, Any]:
+def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
+                ctx: distributed.Context = distributed.Context()) -> dict[str, Any]:
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    resume_ckpt = _open_run(cfg, run_dir)
+    resume_ckpt = _open_run(cfg, run_dir, catch_up=ctx.is_main)
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
@@ -233,14 +243,16 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch) -
     seed_everything(cfg.seed)  # model initialisation
     model = build_model(cfg.model, num_classes=len(splits.label_names), **cfg.model_overrides())
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    train_loader = make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind)
+    step_model = ctx.wrap(model, cfg.sync_bn, device)  # DDP under torchrun; `model` itself is checkpointed
+    train_loader = ctx.shard(make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind),
+                             cfg.batch_size, cfg.seed)  # under torchrun: this rank's slice of each global batch
     val_loader = make_eval_loader(splits.val_x, splits.val_y, mean, std, device,
                                   batch_size=max(2 * cfg.batch_size, 256))
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader))
     criterion = make_criterion(cfg)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None  # bf16 needs no scaling
-    step_model = torch.compile(model) if cfg.compile else model  # checkpoints save `model`: no compile prefix
+    step_model = torch.compile(step_model) if cfg.compile else step_model  # checkpoints save `model`
 
     history: list[dict[str, Any]] = []
     best_val_acc, best_epoch, start_epoch = 0.0, 0, 0
@@ -257,15 +269,17 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch) -
 
     data_info = {"source": splits.source, "description": splits.description, "official": splits.data_official,
                  "n_train": int(len(splits.train_y)), "n_val": int(len(splits.val_y))}
-    save_config(cfg, run_dir / "config.json", extra={
-        "model_config": model.config, "parameters": count_parameters(model),
-        "data_source": splits.source, "data_description": splits.description,
-        "data_official": splits.data_official, "n_train": data_info["n_train"], "n_val": data_info["n_val"],
-        "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
-        "warmup_epochs_used": cfg.warmup_epochs_used(),
-        "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
-        "channels_last": channels_last, "steps_per_epoch": len(train_loader),
-        "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit()})
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.json", extra={
+            "model_config": model.config, "parameters": count_parameters(model),
+            "data_source": splits.source, "data_description": splits.description,
+            "data_official": splits.data_official, "n_train": data_info["n_train"], "n_val": data_info["n_val"],
+            "normalization": {"mean": mean, "std": std}, "label_names": list(splits.label_names),
+            "warmup_epochs_used": cfg.warmup_epochs_used(),
+            "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
+            "channels_last": channels_last, "steps_per_epoch": len(train_loader),
+            "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit(),
+            "world_size": ctx.world_size})
 
     def checkpoint(epoch: int) -> dict[str, Any]:
         # No RNG state: every epoch reseeds all RNGs from (seed, epoch), which is what makes resume exact.
@@ -275,16 +289,21 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch) -
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "epoch": epoch, "best_epoch": best_epoch, "best_val_acc": best_val_acc, "history": history}
 
-    print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
-          f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})", file=sys.stderr)
+    if ctx.is_main:
+        print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
+              f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})"
+              + (f" | {ctx.world_size} processes (torchrun)" if ctx.active else ""), file=sys.stderr)
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            seed_everything(epoch_seed(cfg.seed, epoch))
+            seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank its own augmentation
+            if hasattr(train_loader, "set_epoch"):  # torchrun: the epoch's global batch order
+                train_loader.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
             train_loss, train_acc = _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
                                                  scaler, dtype, epoch, last_path)
+            train_loss, train_acc = ctx.average(train_loss, train_acc)  # over the ranks' equal shares
             val_loss, val_acc = evaluate(model, val_loader, dtype)
             if not history or val_acc > best_val_acc:  # strictly better: the first epoch of a tie stays best
                 best_val_acc, best_epoch = val_acc, epoch + 1
@@ -292,6 +311,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch) -
                    "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": best_val_acc,
                    "epoch_seconds": time.perf_counter() - t0}
             history.append(row)
+            if not ctx.is_main:
+                continue
             # Order: last.pt, best.pt, history.csv, with Ctrl-C/SIGTERM held back meanwhile. A kill -9 in
             # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; _catch_up on
             # --resume levels them, so best.pt is always the epoch history.csv calls best.
@@ -362,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         resume = argv if "--resume" in argv else [*argv, "--resume"]
         print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
         raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
-    print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
-          f"run folder {summary['run_dir']}")
+    if distributed.is_main_process():
+        print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
+              f"run folder {summary['run_dir']}")
     return 0
 
 

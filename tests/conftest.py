@@ -30,6 +30,8 @@ def smoke_root(tmp_path_factory) -> Path:
 # session fixture); a second worker would execute the notebooks again. (xdist's own --dist loadgroup does not
 # group here: with pytest 9 it cannot rename the tests it groups.)
 NOTEBOOK_TESTS = "tests/test_notebooks.py::"
+# test_sweep.py's tests share one local Ray (a module fixture; starting Ray costs seconds): one worker too
+ONE_WORKER = (NOTEBOOK_TESTS, "tests/test_sweep.py::")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -39,6 +41,6 @@ def pytest_xdist_make_scheduler(config, log):
     class NotebooksOnOneWorker(LoadScopeScheduling):
         # one work unit per test, except test_notebooks.py's: one unit, the largest, so it goes out first
         def _split_scope(self, nodeid: str) -> str:
-            return NOTEBOOK_TESTS if nodeid.startswith(NOTEBOOK_TESTS) else nodeid
+            return next((prefix for prefix in ONE_WORKER if nodeid.startswith(prefix)), nodeid)
 
     return NotebooksOnOneWorker(config, log)

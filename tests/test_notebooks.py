@@ -28,7 +28,7 @@ from lib.data import load_kaggle_test
 REPO = Path(__file__).resolve().parent.parent
 # The notebooks, in the order the chain executes them (a new notebook: add it here, its -p values to CHAIN_PARAMS)
 CHAIN = ["01_data_exploration", "02_architectures", "03_training", "04_results", "05_kaggle_submission",
-         "06_analysis"]
+         "06_analysis", "07_sweep"]
 # The notebooks default to the report's RobustResNet64; a smoke epoch of it takes minutes on 2 CPU cores, so the
 # executions here pick LightResNet18 -- through the notebooks' own parameter, never by changing a default.
 CI_MODEL = "light_resnet18"
@@ -39,7 +39,8 @@ OVERRIDE_RUN = f"runs/{CI_MODEL}_smoke_epochs1_dropout0.2"
 CHAIN_PARAMS = {"03_training": {"model": CI_MODEL, "epochs": 1, "dropout": 0.2},
                 "04_results": {"model": CI_MODEL},
                 "05_kaggle_submission": {"model": CI_MODEL},
-                "06_analysis": {"model": CI_MODEL}}
+                "06_analysis": {"model": CI_MODEL},
+                "07_sweep": {"model": CI_MODEL}}
 SMOKE_OUT = "scratch/smoke"  # where 04 and 05 put a smoke report and submission (never figures/ or report/)
 TIMEOUT = 900  # seconds per subprocess: generous for a loaded 2-core CI machine
 # what notebook 03 must expose, named like the `python -m lib.train` options
@@ -271,6 +272,17 @@ def test_analysis_of_the_smoke_run(chain):
     assert metrics["accuracy"] == float((predictions["probs"].argmax(1) == predictions["labels"]).mean())
     for name in ("confusion.png", "reliability.png", "corruptions.csv", "mistakes.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+@chain_check
+def test_sweep_study_on_smoke(chain):
+    """07 runs a tiny 2 x 2 sweep on a local Ray and draws it: four finished trials, the figure and the table."""
+    chain.executed("07_sweep")
+    sweep_dir = chain.clone / f"runs/sweep_{CI_MODEL}_smoke"
+    with open(sweep_dir / "sweep.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["finished"] * 4
+    for path in (f"figures/sweep_{CI_MODEL}_smoke.png", f"report/sweep_{CI_MODEL}_smoke.md"):
+        assert (chain.clone / SMOKE_OUT / path).stat().st_size > 0, path
 
 
 @chain_check

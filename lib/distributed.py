@@ -1,0 +1,215 @@
+"""One run, data-parallel over the processes ``torchrun`` starts (DistributedDataParallel).
+
+    torchrun --nproc_per_node 4 -m lib.train --model robust_resnet64 --data-dir data --out runs/r64 [--sync-bn]
+
+torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) sets up the process group: NCCL with one
+GPU per process, gloo on the CPU. The configured ``--batch-size`` stays the *global* batch, so the recipe (and its
+learning rate) is the report's at any N: every step, the global batch is drawn as in one process and each rank
+takes its 1/N slice, augments and mixes it itself, and DDP averages the gradients. Rank 0 alone writes the run
+folder; the others only train. Without torchrun (no WORLD_SIZE in the environment) nothing here is used and
+``lib.train`` runs exactly as in one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+from .augment import DeviceLoader, TorchvisionLoader
+from .common import UserError
+
+RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride: its own random draws, rank 0 as one process
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def is_main_process() -> bool:
+    """Rank 0 of torchrun's processes, or a process started without it: the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class Context:
+    """Where this process stands: rank 0 of 1 outside torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    active: bool = False  # inside a process group (torchrun)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: torch.device) -> torch.device:
+        """One GPU per process: cuda:LOCAL_RANK (torchrun numbers the processes of a node from 0)."""
+        if self.active and requested.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return requested
+
+    def seed_offset(self) -> int:
+        return self.rank * RANK_SEED_STRIDE
+
+    def wrap(self, model: nn.Module, sync_bn: bool, device: torch.device) -> nn.Module:
+        """The module the training step calls: DDP over ``model`` (whose state_dict checkpoints keep as before)."""
+        if not self.active:
+            return model
+        if sync_bn and device.type == "cuda":  # in place for a ResNet: same parameters, same state_dict keys
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif sync_bn:
+            for module in model.modules():
+                if type(module) is nn.BatchNorm2d:
+                    module.__class__ = CpuSyncBatchNorm2d  # forward only differs: parameters and buffers stay
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def shard(self, loader, global_batch: int, seed: int):
+        """This rank's share of each global batch; ``len()`` stays the steps per epoch of one process."""
+        if not self.active:
+            return loader
+        return ShardedLoader(loader, global_batch, seed, self.rank, self.world_size)
+
+    def average(self, *values: float) -> tuple[float, ...]:
+        """Each value's mean over the ranks (their shares of the epoch are equal, so this is the global mean)."""
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64,
+                         device=torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return tuple((t / self.world_size).tolist())
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(device_name: str, sync_bn: bool = False) -> Context:
+    """Join torchrun's process group (NCCL for CUDA, gloo otherwise); outside torchrun a one-process Context."""
+    if not launched_by_torchrun():
+        if sync_bn:
+            raise UserError("--sync-bn: needs several processes; start them with torchrun --nproc_per_node N -m "
+                            "lib.train ...")
+        return Context()
+    ctx = Context(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                  local_rank=int(os.environ.get("LOCAL_RANK", 0)), active=True)
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(ctx.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return ctx
+
+
+class ShardedLoader:
+    """Every step the global batch of a one-process run, drawn from one seeded permutation that every rank
+    computes alike (as DistributedSampler); rank r keeps slice r of N, which it augments and mixes itself."""
+
+    def __init__(self, loader, global_batch: int, seed: int, rank: int, world_size: int):
+        self.loader, self.rank, self.world_size, self.seed = loader, rank, world_size, seed
+        self.global_batch = min(global_batch, _num_samples(loader))
+        if self.global_batch % world_size:
+            raise UserError(f"--batch-size {global_batch}: the global batch must divide evenly over the "
+                            f"{world_size} processes")
+        self.local = self.global_batch // world_size
+        self.epoch = 0
+        if isinstance(loader, TorchvisionLoader):  # same dataset, transforms and MixUp/CutMix collate
+            dl = loader.loader
+            loader.loader = DataLoader(dl.dataset, batch_sampler=_RankBatches(self), num_workers=dl.num_workers,
+                                       pin_memory=dl.pin_memory, collate_fn=dl.collate_fn)
+
+    def set_epoch(self, epoch: int) -> None:
+        """As DistributedSampler.set_epoch: a new permutation each epoch, the same on every rank."""
+        self.epoch = epoch
+
+    def order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(_num_samples(self.loader), generator=g)
+
+    def local_indices(self) -> Iterator[torch.Tensor]:
+        order = self.order()
+        for k in range(len(self)):
+            start = k * self.global_batch + self.rank * self.local
+            yield order[start:start + self.local]
+
+    def __len__(self) -> int:
+        return _num_samples(self.loader) // self.global_batch  # drop_last, as the one-process loaders
+
+    def __iter__(self):
+        if isinstance(self.loader, DeviceLoader):
+            base = self.loader  # DeviceLoader.__iter__ on this rank's indices
+            for idx in self.local_indices():
+                idx = idx.to(base.device)
+                xb, soft = base.mix(base.augment(base.x[idx]), base.y[idx])
+                yield xb.contiguous(memory_format=base.memory_format), soft
+        else:
+            yield from self.loader
+
+
+class _RankBatches(BatchSampler):
+    def __init__(self, shard: ShardedLoader):
+        super().__init__(SequentialSampler(range(0)), batch_size=1, drop_last=True)  # only iter/len are used
+        self.shard = shard
+
+    def __iter__(self):
+        for idx in self.shard.local_indices():
+            yield idx.tolist()
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+def _num_samples(loader) -> int:
+    if isinstance(loader, DeviceLoader):
+        return len(loader.y)
+    return len(loader.loader.dataset)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks, with the gradient summed back the same way (torch.distributed.nn's all_reduce, which
+    torch now deprecates in favour of a private module)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CpuSyncBatchNorm2d(nn.BatchNorm2d):
+    """SyncBatchNorm for gloo/CPU processes, which torch's nn.SyncBatchNorm refuses (it needs CUDA): in training
+    the per-channel sum, sum of squares and count are all-reduced (with autograd, so the backward pass sees the
+    global statistics too) and the batch is normalised with the global mean and biased variance; the running
+    statistics get the unbiased one, as BatchNorm2d. Evaluation is BatchNorm2d's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized():
+            return super().forward(x)
+        c = x.shape[1]
+        # float64 sums: E[x^2] - E[x]^2 in float32 loses digits when the mean is large against the spread
+        x64 = x.double()
+        local = torch.cat([x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3)), x64.new_full((1,), x.numel() / c)])
+        total = _AllReduceSum.apply(local)
+        n = total[-1]
+        mean64 = total[:c] / n
+        mean, var = mean64.to(x.dtype), (total[c:2 * c] / n - mean64 * mean64).to(x.dtype)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+        shape = (1, c, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y

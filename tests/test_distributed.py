@@ -1,0 +1,84 @@
+"""torchrun: one run data-parallel over 2 gloo processes on the CPU (python -m torch.distributed.run, as torchrun).
+
+Tolerance of the comparison with one process: the two runs compute the same thing -- the same global batches
+(one seeded permutation, rank r takes slice r), batch statistics over the whole global batch (--sync-bn) and the
+gradient of the global mean loss (DDP averages the ranks' gradients) -- but not in the same order: the 2-process
+run sums per-rank partial sums. After one step the losses agree to 1e-7; over 12 steps a tiny net on tiny
+batches amplifies that (measured on this test's settings, 2 CPU cores: train loss 2e-5 / 2e-3 / 4e-3 relative
+after epochs 1 / 2 / 3, val loss <= 5e-4) and flips the arg-max of near-tied images (val accuracy, near chance
+on 40 images, differed by 2 images at epoch 2). Hence: losses within 1% relative, train accuracy within 3 of 80
+images, val accuracy within 4 of 40.
+The one-process reference is torchrun with --nproc_per_node 1: under torchrun the global batch order comes from
+lib.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
+(unchanged from before torchrun support), so its batches differ. Augmentation and MixUp are off: with them each rank draws its own random numbers, so the runs would differ
+by design (each rank augments its own shard).
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(nproc, out, smoke_root, *extra, port, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), "-m", "lib.train", "--profile", "smoke", "--model",
+           "light_resnet18", "--data-dir", str(smoke_root), "--train-size", "80", "--val-size", "40",
+           "--batch-size", "20", "--epochs", "3", "--lr", "0.01", "--augment", "none", "--mix-prob", "0",
+           "--device", "cpu", "--no-progress", "--sync-bn", "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    if wait:
+        out_text = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out_text[-4000:]
+    return proc
+
+
+def history(run_dir):
+    with open(run_dir / "history.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_two_gloo_processes_match_one_and_resume(smoke_root, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    torchrun(1, one, smoke_root, port=29611)
+
+    # 2 processes, stopped with SIGTERM (as a cluster scheduler does) after the first epoch, then resumed
+    proc = torchrun(2, two, smoke_root, port=29612, wait=False)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            (two / "history.csv").exists() and len(history(two)) >= 1):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert 1 <= len(history(two)) < 3, "the run should have been stopped mid-way"
+    torchrun(2, two, smoke_root, "--resume", port=29613)
+
+    # one set of files, written by rank 0
+    assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == [
+        "best.pt", "config.json", "history.csv", "last.pt"]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    assert json.loads((one / "config.json").read_text())["world_size"] == 1
+    h1, h2 = history(one), history(two)
+    assert [r["epoch"] for r in h2] == [1, 2, 3]
+    for a, b in zip(h1, h2):
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)  # same steps per epoch: the global batch is kept
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
+        assert abs(b["train_acc"] - a["train_acc"]) <= 3 / 80 + 1e-9
+        assert abs(b["val_acc"] - a["val_acc"]) <= 4 / 40 + 1e-9
+
+
+def test_sync_bn_without_torchrun_is_one_line(tmp_path):
+    from lib.common import run_cli
+    from lib.train import main
+    assert run_cli(main, ["--profile", "smoke", "--sync-bn", "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
