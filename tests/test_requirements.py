@@ -29,9 +29,11 @@ COLAB_PINNED = {"ipykernel": "6.17.1", "ipython": "7.34.0", "notebook": "6.5.7",
 # Required, though nothing imports them by name: pandas loads them for to_markdown / Styler.to_latex (Table 1);
 # seaborn is for the analysis plots.
 INDIRECT = {"tabulate", "jinja2", "seaborn"}
-# Always there where a notebook runs (the kernel itself, Colab's own modules), never installed by us; and kornia,
-# which only `python -m lib.bench --kornia` imports, as an optional comparison.
+# Always there where a notebook runs (the kernel itself, Colab's own modules), never installed by us; kornia,
+# which only `python -m lib.bench --kornia` imports, as an optional comparison; and Ray, which only lib.sweep and
+# notebook 07 import (tests/requirements.txt has it; 07's Colab cell installs it): training never needs it.
 NOT_REQUIRED = {"IPython", "google", "kornia"}
+OPTIONAL = {"ray"}
 
 
 def requirements(path: Path) -> list[Requirement]:
@@ -52,7 +54,7 @@ def runtime_imports() -> set[str]:
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 modules.add(node.module.split(".")[0])
-    return modules - set(sys.stdlib_module_names) - NOT_REQUIRED - {"lib"}
+    return modules - set(sys.stdlib_module_names) - NOT_REQUIRED - OPTIONAL - {"lib"}
 
 
 def test_runtime_requirements_are_exactly_what_lib_and_the_notebooks_use():
@@ -65,6 +67,13 @@ def test_runtime_requirements_are_exactly_what_lib_and_the_notebooks_use():
     assert imported <= required, f"imported but not in requirements.txt: {sorted(imported - required)}"
     extra = required - imported - INDIRECT
     assert not extra, f"in requirements.txt but used by neither lib/ nor the notebooks: {sorted(extra)}"
+
+
+def test_optional_packages_are_development_requirements_only():
+    """Ray: in tests/requirements.txt (make venv, CI), not in requirements.txt (every Colab cell would install it)."""
+    development = {canonicalize_name(r.name) for r in requirements(REPO / "tests" / "requirements.txt")}
+    runtime = {canonicalize_name(r.name) for r in requirements(REPO / "requirements.txt")}
+    assert OPTIONAL <= development and not OPTIONAL & runtime
 
 
 def test_requirements_admit_colabs_preinstalled_versions():
