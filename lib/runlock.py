@@ -42,16 +42,32 @@ def hold_run_dir(run_dir: str | os.PathLike) -> Iterator[None]:
     A refused process writes nothing into the folder (opening the existing lock file changes nothing).
     """
     run_dir = Path(run_dir)
+    new_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    held = False
     try:
         if fcntl is not None and _lock(fd, run_dir):
             os.ftruncate(fd, 0)  # only now that the lock is ours: who holds it, for the next one to read
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}".encode())
+        held = True
         yield
     finally:
+        if held:
+            _remove_if_unused(run_dir, new_dir)
         os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _remove_if_unused(run_dir: Path, new_dir: bool) -> None:
+    """A start that failed before writing anything (bad data, say) leaves no trace: not even the lock file."""
+    try:
+        if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()  # still ours while the descriptor is open
+            if new_dir:
+                run_dir.rmdir()
+    except OSError:  # another process created something meanwhile: it is theirs now
+        pass
 
 
 def _lock(fd: int, run_dir: Path) -> bool:

@@ -88,6 +88,21 @@ def test_a_held_folder_is_refused_and_left_untouched(smoke_root, tmp_path):
         assert f"pid {os.getpid()}" in (run / LOCK_FILE).read_text()
 
 
+def test_a_start_that_fails_on_bad_data_leaves_no_run_folder(tmp_path, capsys):
+    data = tmp_path / "data" / "cifar-10-batches-py"
+    data.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (data / name).write_bytes(b"x")  # damaged: not a pickle
+    run = tmp_path / "run"
+    assert run_cli(main, ["--data-dir", str(tmp_path / "data"), "--out", str(run), "--device", "cpu"]) == 2
+    assert "data_batch_1: not a readable pickle" in capsys.readouterr().err
+    assert not run.exists()  # neither the folder nor its lock file
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert run_cli(main, ["--data-dir", str(tmp_path / "data"), "--out", str(existing), "--device", "cpu"]) == 2
+    assert existing.is_dir() and os.listdir(existing) == []  # a folder the user made stays, empty as it was
+
+
 def test_second_process_refused_then_sigterm_then_resume(smoke_root, tmp_path, straight, capsys):
     run = tmp_path / "run"
     first = start(args(smoke_root, run))
