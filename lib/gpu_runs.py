@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available (use --device cpu for a dry run)")
     # the data once, here: runs started together must not all write the smoke files at once
-    from .data import ensure_smoke_data, find_cifar_dir, load_cifar10
+    from .data import find_cifar_dir, load_cifar10
+    from .smoke_data import ensure_smoke_data
     if args.profile == "smoke":
         ensure_smoke_data(args.data_dir or "data/smoke")
     else:

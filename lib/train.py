@@ -35,9 +35,10 @@ from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
                      seed_everything)
 from .config import RunConfig, add_config_arguments, make_config, save_config
-from .data import channel_stats, ensure_smoke_data, load_splits
+from .data import channel_stats, load_splits
 from .models import build_model, count_parameters
 from .runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
+from .smoke_data import ensure_smoke_data
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc",
                   "epoch_seconds")

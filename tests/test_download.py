@@ -11,7 +11,8 @@ import pytest
 
 import lib.data as data_mod
 from lib.common import UserError
-from lib.data import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES, load_cifar10, load_splits, write_smoke_dataset
+from lib.data import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES, load_cifar10, load_splits
+from lib.smoke_data import write_smoke_dataset
 
 FILES = (*TRAIN_BATCHES, TEST_BATCH, META)
 
