@@ -129,21 +129,13 @@ def per_class(confusion: np.ndarray, names) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------
 def _load(checkpoint, data_dir, device):
     """(model, ckpt, splits) for the checkpoint's validation split; UserError when the data is not that split."""
-    from .data import load_splits
-    from .predict import load_checkpoint
+    from .predict import load_checkpoint, validation_split
 
     model, ckpt = load_checkpoint(checkpoint, device)
-    cfg = RunConfig.from_dict(ckpt["config"])
-    data_dir = cfg.data_dir if data_dir is None else data_dir
-    splits = load_splits(data_dir, val_source=cfg.val_source, holdout_fraction=cfg.holdout_fraction,
-                         train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed)
-    trained_on = ckpt.get("data") or {}
-    if trained_on.get("source") not in (None, splits.source):
-        raise UserError(f"--data-dir {data_dir}: holds {splits.source} data, but the run validated on "
-                        f"{trained_on['source']} data")
-    if trained_on.get("n_val") not in (None, len(splits.val_y)):
-        raise UserError(f"--data-dir {data_dir}: its validation split has {len(splits.val_y)} images, but the "
-                        f"run validated on {trained_on['n_val']}")
+    splits, mismatches = validation_split(ckpt, data_dir)
+    if mismatches:  # analysing other data than the run's split would mislabel every number
+        data_dir = RunConfig.from_dict(ckpt["config"]).data_dir if data_dir is None else data_dir
+        raise UserError(f"--data-dir {data_dir}: {mismatches[0]}")
     return model, ckpt, splits
 
 

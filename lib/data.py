@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from .common import UserError, atomic_path
+from .common import UserError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BATCH_DIR = "cifar-10-batches-py"

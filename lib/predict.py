@@ -109,6 +109,26 @@ def predict_file(checkpoint: str | os.PathLike, test_file: str | os.PathLike, ou
             "class_counts": np.bincount(labels, minlength=proba.shape[1]).tolist()}
 
 
+def validation_split(ckpt: dict, data_dir: str | os.PathLike | None = None):
+    """(Splits, mismatches): the checkpoint's run's validation split rebuilt from its config (val_source,
+    holdout_fraction, train/val size, seed), from ``data_dir`` (default: the run's own ``data_dir``); mismatches
+    say where these data differ from what the run validated on (source, size)."""
+    from .data import load_splits
+
+    cfg = RunConfig.from_dict(ckpt["config"])
+    splits = load_splits(data_dir if data_dir is not None else cfg.data_dir, val_source=cfg.val_source,
+                         holdout_fraction=cfg.holdout_fraction, train_size=cfg.train_size,
+                         val_size=cfg.val_size, seed=cfg.seed)
+    trained_on = ckpt.get("data") or {}
+    mismatches = []
+    if trained_on.get("source") not in (None, splits.source):
+        mismatches.append(f"the run validated on {trained_on['source']} data, this split is {splits.source} data")
+    if trained_on.get("n_val") not in (None, len(splits.val_y)):
+        mismatches.append(f"the run validated on {trained_on['n_val']} images, this split has "
+                          f"{len(splits.val_y)}")
+    return splits, mismatches
+
+
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto",
              batch_size: int = 512) -> dict:
     """Accuracy of a checkpoint on its run's validation split, without and with flip TTA.
@@ -116,24 +136,13 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None =
     The split is rebuilt from the checkpoint's config (val_source, holdout_fraction, train/val size, seed);
     ``data_dir`` overrides where the data lives (default: the run's own ``data_dir``).
     """
-    from .data import load_splits
-
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, dev)
-    cfg = RunConfig.from_dict(ckpt["config"])
-    splits = load_splits(data_dir if data_dir is not None else cfg.data_dir, val_source=cfg.val_source,
-                         holdout_fraction=cfg.holdout_fraction, train_size=cfg.train_size,
-                         val_size=cfg.val_size, seed=cfg.seed)
+    splits, warnings = validation_split(ckpt, data_dir)
     norm = ckpt["normalization"]
     plain, flipped = _softmax_passes(model, splits.val_x, norm["mean"], norm["std"], (False, True),
                                      batch_size, dev)
     y = np.asarray(splits.val_y)
-    trained_on = ckpt.get("data", {}) or {}
-    warnings = []
-    if trained_on.get("source") not in (None, splits.source):
-        warnings.append(f"the run trained on {trained_on['source']} data, this split is {splits.source} data")
-    if trained_on.get("n_val") not in (None, len(y)):
-        warnings.append(f"the run validated on {trained_on['n_val']} images, this split has {len(y)}")
     return {
         "checkpoint": str(checkpoint),
         "model": ckpt["model_config"].get("name"),

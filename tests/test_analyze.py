@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from lib.analyze import (apply_temperature, expected_calibration_error, fit_temp
 from lib.common import run_cli
 from lib.config import make_config
 from lib.corruptions import CONSTANTS, CORRUPTIONS, corrupt
-from lib.data import CIFAR10_CLASSES, TEST_BATCH, load_cifar10
+from lib.data import CIFAR10_CLASSES, META, SMOKE_MARKER, TEST_BATCH, load_cifar10
 from lib.plots import augmentation_grid
 from lib.predict import evaluate
 from lib.train import train
@@ -181,6 +182,19 @@ def test_data_without_the_runs_split(run_dir, smoke_root, tmp_path, capsys):
     out = tmp_path / "out"
     _fails(["--checkpoint", str(run_dir), "--data-dir", str(data), "--out", str(out), "--corruptions", "none"],
            capsys, TEST_BATCH, out)
+
+
+def test_data_other_than_the_runs_is_refused(run_dir, smoke_root, tmp_path, capsys):
+    """The smoke run's split rebuilt from a copy that reads as CIFAR-10 (no synthetic marker): other data."""
+    data = tmp_path / "data"
+    shutil.copytree(smoke_root / "cifar-10-batches-py", data / "cifar-10-batches-py")
+    meta_path = data / "cifar-10-batches-py" / META
+    meta = pickle.loads(meta_path.read_bytes(), encoding="bytes")
+    del meta[SMOKE_MARKER.encode()]
+    meta_path.write_bytes(pickle.dumps(meta, protocol=2))
+    out = tmp_path / "out"
+    _fails(["--checkpoint", str(run_dir), "--data-dir", str(data), "--out", str(out), "--corruptions", "none"],
+           capsys, "validated on synthetic data, this split is cifar10 data", out)
 
 
 def test_a_rerun_replaces_the_files(analysis, run_dir, smoke_root, tmp_path):

@@ -27,7 +27,6 @@ TINY = ["--profile", "smoke", "--model", "light_resnet18", "--train-size", "40",
 
 @pytest.fixture(scope="module")
 def ray_address(smoke_root):
-    import ray
     sweep.start_ray(None, num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
