@@ -11,10 +11,9 @@ Everywhere (Jupyter, papermill, Colab), ``setup``
   line naming the closest ones (difflib), and a parameter annotated as a list (``widths: list[int] = None``) also
   takes a comma string (``-p widths 45,90,170,340``).
 On Colab it also installs what requirements.txt lists and the runtime lacks (a package Colab has is never upgraded)
-and, when the notebook keeps anything, mounts Google Drive and keeps it in MyDrive/cifar10-resnets (DRIVE_FOLDER):
-``runs/`` is linked there; other kept paths (figures/, report/, submission.csv, the Kaggle pickle) are copied there
-after every cell and copied back into a new runtime that lacks them. ``train`` trains a run folder that lies on Drive
-in a folder of the runtime and copies its files into Drive, in place, after every epoch (see ``DriveMirror``).
+and, when the notebook keeps anything, mounts Google Drive and keeps it in MyDrive/cifar10-resnets (``lib.drive``).
+Notebook 03's ``run_config`` turns its parameters into one RunConfig (``resume = "auto"``), and ``train`` trains a
+run folder that lies on Drive on the runtime's own disk, copied into Drive in place after every epoch.
 
 Colab's paths are parameters (``drive_mount``, ``drive_folder``): tests point them at temporary folders.
 """
@@ -27,65 +26,31 @@ import functools
 import importlib.metadata
 import os
 import re
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .drive import FOLDER as DRIVE_FOLDER, Drive, RunMirror
+
 MARKER = "lib/notebook.py"  # this file: how the first cell (and setup) know a checkout of this repository
 CLONE_NAME = "cifar10-resnets"  # the folder the first cell clones into on Colab (next to Colab's /content/drive)
-DRIVE_FOLDER = "MyDrive/cifar10-resnets"  # under the Drive mount point: everything a Colab user keeps
-LINKED = ("runs",)  # kept paths linked into the Drive folder (read and written there); others are copied
 LOCAL_RUNS = "scratch/colab"  # where train() trains a run folder that is on Drive (the runtime's own disk)
-RUN_FILES = ("last.pt", "best.pt", "history.csv", "config.json")  # copied in lib.train's write order
 PAPERMILL_CELL = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
 NOTEBOOK_NAMES = {"out": "run_name"}  # CLI options whose notebook counterpart has another name
 
 
 @dataclass
 class Session:
-    """What ``setup`` set up: the repository, whether this is Colab, and where kept results go."""
+    """What ``setup`` set up: the repository, whether this is Colab, and the Drive that keeps results (or None)."""
     root: Path
     colab: bool = False
-    drive: Path | None = None  # the Drive folder that keeps results (DRIVE_FOLDER), None: nothing kept on Drive
-    mount: Path | None = None  # where Google Drive is mounted
-    copied: dict[str, dict[str, tuple]] = field(default_factory=dict)  # kept path -> file -> signature copied
+    drive: Drive | None = None
 
     def on_drive(self, path: str | os.PathLike) -> Path | None:
-        """``path`` relative to the Drive folder when it lies in it (through the runs/ link too), else None."""
-        if self.drive is None:
-            return None
-        try:
-            return (self.root / path).resolve().relative_to(self.drive.resolve())
-        except ValueError:
-            return None
-
-    def mount_drive(self) -> None:
-        """Mount Google Drive (again, after ``flush``); Colab asks for access the first time."""
-        if self.mount is None or (self.mount / "MyDrive").is_dir():
-            return
-        from google.colab import drive  # noqa: PLC0415 - only on Colab
-
-        try:
-            drive.mount(str(self.mount))
-        except Exception as exc:  # noqa: BLE001 - declined access, a timeout: Colab raises ValueError or its own
-            raise _user_error(f"Google Drive is not mounted ({type(exc).__name__}: {exc}); rerun this cell and "
-                              "allow access, or keep nothing there: setup(ROOT, keep=[])") from None
-
-    def flush(self) -> None:
-        """Push every write to Google Drive before the runtime can go, and unmount it (Colab's only flush)."""
-        if not self.colab or self.mount is None or not (self.mount / "MyDrive").is_dir():
-            return
-        from google.colab import drive  # noqa: PLC0415
-
-        try:
-            drive.flush_and_unmount()
-            print(f"Google Drive flushed and unmounted: {self.drive} is complete; rerun the first cell to mount it "
-                  "again")
-        except Exception as exc:  # noqa: BLE001 - a failed flush must not hide the training that finished
-            print(f"warning: flushing Google Drive failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        """``path`` (relative to the repository) relative to the Drive folder when it lies in it, else None."""
+        return self.drive.relative(self.root / path) if self.drive is not None else None
 
 
 _session: Session | None = None
@@ -121,50 +86,15 @@ def setup(root: str | os.PathLike, keep: Iterable[str] = (), extras: Iterable[st
     keep = tuple(keep)
     session = Session(root, colab)
     if colab and keep:
-        session.mount = Path(drive_mount) if drive_mount is not None else _default_mount(root)
-        session.mount_drive()
-        session.drive = session.mount / drive_folder
-        session.drive.mkdir(parents=True, exist_ok=True)
-        _keep_on_drive(session, keep)
+        session.drive = Drive(drive_mount if drive_mount is not None else _default_mount(root), drive_folder)
+        session.drive.mount()
+        session.drive.keep(root, keep)
     _session = session
 
 
 def _default_mount(root: Path) -> Path:
     """Google Drive's mount point: the one root already lies in (a checkout on Drive), else beside the clone."""
     return next((p.parent for p in root.parents if p.name == "MyDrive"), root.parent / "drive")
-
-
-def _keep_on_drive(session: Session, keep: tuple[str, ...]) -> None:
-    said = []
-    for rel in keep:
-        local, remote = session.root / rel, session.drive / rel
-        if rel in LINKED:
-            remote.mkdir(parents=True, exist_ok=True)
-            if not local.exists() and not local.is_symlink():
-                local.symlink_to(remote, target_is_directory=True)
-            if local.resolve() == remote.resolve():
-                said.append(f"{rel}/ (linked)")
-            else:  # a real folder made in this runtime before: left alone
-                print(f"note: {rel}/ is a folder of this runtime, not on Drive: move it into {remote}, delete it and "
-                      "rerun this cell to keep it", file=sys.stderr)
-            continue
-        if remote.exists() and not local.exists():  # a new runtime: bring back what an earlier one kept
-            _copy_tree(remote, local)
-        session.copied[rel] = {str(p): _signature(p) for p in _files(local)}
-        said.append(rel + ("/" if local.is_dir() or not local.suffix else ""))
-    print(f"Google Drive: {session.drive} keeps " + ", ".join(said)
-          + ("; the others are copied there after every cell" if any(r not in LINKED for r in keep) else ""))
-
-
-def sync_kept(session: Session | None = None) -> None:
-    """Copy every kept file that changed since the last copy into the Drive folder, in place (after each cell)."""
-    session = session or current()
-    for rel, copied in session.copied.items():
-        for path in _files(session.root / rel):
-            if copied.get(str(path)) != _signature(path):
-                target = session.drive / path.relative_to(session.root)
-                if _copy_in_place(path, target):
-                    copied[str(path)] = _signature(path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -323,6 +253,12 @@ class ParameterCheck:
         return [line + "\n" for line in ast.unparse(tree).splitlines()] if changed else lines
 
 
+def _sync_kept(result=None) -> None:  # post_run_cell: the kept files a cell changed go to Drive
+    session = current()
+    if session.drive is not None:
+        session.drive.sync(session.root)
+
+
 def _shell():
     ipython = sys.modules.get("IPython")
     return ipython.get_ipython() if ipython is not None else None
@@ -335,7 +271,20 @@ def _install_hooks(shell) -> None:
     """Short errors, the papermill check and the copies to Drive; a rerun of the first cell replaces them."""
     from .common import UserError
 
-    shell.set_custom_exc((UserError,), _show_user_error)
+    if _hooks.get("shell") is not shell:  # another kernel's shell (tests make several): nothing of ours in it
+        _hooks.clear()
+        _hooks["shell"] = shell
+    # IPython takes one custom handler; Colab's own (for ImportError) goes on handling its exceptions
+    if "theirs" not in _hooks:
+        _hooks["theirs"] = (tuple(shell.custom_exceptions), shell.CustomTB if shell.custom_exceptions else None)
+    theirs, their_handler = _hooks["theirs"]
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        if issubclass(etype, UserError):
+            return _show_user_error(shell, etype, value, tb, tb_offset)
+        return their_handler(etype, value, tb, tb_offset=tb_offset)
+
+    shell.set_custom_exc((UserError, *theirs), handler)
     old = _hooks.pop("check", None)
     if old is not None:
         shell.input_transformers_post.remove(old)
@@ -344,7 +293,7 @@ def _install_hooks(shell) -> None:
     check = ParameterCheck()
     shell.input_transformers_post.append(check)
     shell.events.register("post_run_cell", check.seen)
-    _hooks.update(check=check, sync=lambda result: sync_kept() if _session is not None else None)
+    _hooks.update(check=check, sync=_sync_kept)
     shell.events.register("post_run_cell", _hooks["sync"])
 
 
@@ -391,7 +340,7 @@ def resume_setting(resume, cfg) -> bool:
     if resume != "auto":
         raise _user_error(f'resume = {resume!r}: expected "auto", True or False')
     if current().on_drive(cfg.out) is not None:
-        current().mount_drive()  # train() unmounts it at the end; the run may be on Drive only
+        current().drive.mount()  # train() unmounts it at the end; the run may be on Drive only
     last = _local_copy(cfg.out) / "last.pt"
     last = last if last.is_file() else Path(cfg.out) / "last.pt"
     if not last.is_file():
@@ -428,119 +377,42 @@ def check_runtime(cfg, session: Session | None = None) -> None:
 
 def train(cfg, session: Session | None = None) -> dict[str, Any]:
     """``lib.train.train(cfg)``; a run folder on Google Drive is trained in a folder of this runtime (LOCAL_RUNS)
-    whose files are copied into Drive, in place, after every epoch (``DriveMirror``), and Drive is flushed at the
-    end. Returns train's summary (``run_dir``: the folder trained in) and ``kept_in``: the Drive folder or None."""
+    whose files are copied into Drive, in place, after every epoch (``lib.drive.RunMirror``), and Drive is flushed
+    at the end. Returns train's summary (``run_dir``: the folder trained in) and ``kept_in``: the Drive folder or
+    None."""
     from . import train as training
 
     session = session or current()
     check_runtime(cfg, session)
     rel = session.on_drive(cfg.out)
     if rel is None:
-        return _said_how_to_continue({**training.train(cfg), "kept_in": None}, cfg)
-    session.mount_drive()
-    mirror = DriveMirror(session.root / LOCAL_RUNS / rel, session.drive / rel)
+        return _said_how_to_continue(lambda: {**training.train(cfg), "kept_in": None}, cfg)
+    session.drive.mount()
+    mirror = RunMirror(session.root / LOCAL_RUNS / rel, session.drive.path / rel)
     mirror.restore()
     mirror.sync()  # a copy that failed in an earlier session of this runtime
     print(f"training in {mirror.local} (this runtime's disk); after every epoch its files are copied into "
           f"{mirror.remote} (Google Drive)")
-    try:
-        summary = training.train(dataclasses.replace(cfg, out=str(mirror.local)), on_epoch=lambda row: mirror.sync())
-    finally:
-        mirror.sync()
-        session.flush()
-    return _said_how_to_continue({**summary, "kept_in": str(mirror.remote)}, cfg)
-
-
-def _said_how_to_continue(summary: dict[str, Any], cfg) -> dict[str, Any]:
-    if summary["epochs_done"] < cfg.epochs:  # lib.train said it in the CLI's words
-        print(f'in this notebook: run it again as it is to continue (resume = "auto"), with stop_after_epochs or '
-              f"time_limit for another part of the {cfg.epochs} epochs", file=sys.stderr)
-    return summary
-
-
-class DriveMirror:
-    """A run folder of this runtime (``local``, where lib.train writes atomically) and its copy on Google Drive
-    (``remote``). ``sync`` copies each file that changed into Drive *in place*: the same Drive file is written
-    again (Drive keeps its earlier contents as a version), never replaced by a rename or deleted, which would send
-    the old file to Drive's trash every epoch. So Drive holds RUN_FILES and nothing else, whatever the run's
-    length. A failed copy is one warning; the next epoch copies again."""
-
-    def __init__(self, local: Path, remote: Path):
-        self.local, self.remote = Path(local), Path(remote)
-        self.copied: dict[str, tuple] = {}
-
-    def restore(self) -> bool:
-        """Copy the run from Drive into ``local`` when Drive has more of it (a new runtime: local has nothing)."""
-        from .checkpoint import read_checkpoint
-        from .common import UserError, atomic_path
-
-        if not (self.remote / "last.pt").is_file() or _epochs(self.remote) <= _epochs(self.local):
-            return False
-        for name in RUN_FILES:
-            if (self.remote / name).is_file():
-                with atomic_path(self.local / name) as tmp:
-                    shutil.copyfile(self.remote / name, tmp)
-                self.copied[name] = _signature(self.local / name)
+    def run() -> dict[str, Any]:
         try:
-            read_checkpoint(self.local / "last.pt", resume=True)
-        except UserError as exc:
-            (self.local / "last.pt").unlink()
-            raise _user_error(f"{self.remote / 'last.pt'} on Google Drive is damaged ({exc}). Drive keeps its earlier "
-                              "versions (right-click it in Drive > Manage versions): put the previous one back, or "
-                              "delete the folder to start the run again") from None
-        print(f"continuing from Google Drive: {self.remote} copied into {self.local}")
-        return True
-
-    def sync(self) -> bool:
-        """Copy the files that changed, in lib.train's order; after a failure the rest waits for the next sync, so
-        Drive's copies never describe a later epoch than its last.pt."""
-        for name in RUN_FILES:
-            path = self.local / name
-            if not path.is_file() or self.copied.get(name) == _signature(path):
-                continue
-            if not _copy_in_place(path, self.remote / name):
-                return False
-            self.copied[name] = _signature(path)
-        return True
+            local = dataclasses.replace(cfg, out=str(mirror.local))
+            return {**training.train(local, on_epoch=lambda row: mirror.sync()), "kept_in": str(mirror.remote)}
+        finally:
+            mirror.sync()
+            session.drive.flush()
+    return _said_how_to_continue(run, cfg)
 
 
-def _copy_in_place(src: Path, dst: Path) -> bool:
-    """Write ``src``'s bytes into ``dst`` itself (opened for writing, truncated: the same file, no rename)."""
+def _said_how_to_continue(run, cfg) -> dict[str, Any]:
+    """Run ``run()``; when it stops before the schedule's end, say how to go on in this notebook's words (lib.train
+    says it in the CLI's)."""
+    words = 'in this notebook: run it again as it is to continue (resume = "auto")'
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        return True
-    except OSError as exc:
-        print(f"warning: could not copy {src.name} into {dst.parent} ({type(exc).__name__}: {exc}); this runtime "
-              f"keeps it in {src.parent}, the next copy tries again", file=sys.stderr)
-        return False
-
-
-def _epochs(run_dir: Path) -> int:
-    """Epochs a run folder's history.csv records (-1 without last.pt)."""
-    if not (run_dir / "last.pt").is_file():
-        return -1
-    try:
-        return max(len((run_dir / "history.csv").read_text().splitlines()) - 1, 0)
-    except OSError:
-        return 0
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    if src.is_dir():
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-
-
-def _files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
-
-
-def _signature(path: Path) -> tuple:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+        summary = run()
+    except KeyboardInterrupt:  # Ctrl-C, Colab's stop button, SIGTERM
+        print(words, file=sys.stderr)
+        raise
+    if summary["epochs_done"] < cfg.epochs:
+        print(f"{words}; stop_after_epochs and time_limit train another part of the {cfg.epochs} epochs",
+              file=sys.stderr)
+    return summary

@@ -22,6 +22,7 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 from traitlets.config import Config
 
+import lib.drive
 import lib.notebook as nb
 from lib.common import UserError
 from lib.config import make_config
@@ -100,10 +101,10 @@ def shell(tmp_path, monkeypatch):
     monkeypatch.setattr(nb, "_session", None)
     config = Config()
     config.HistoryManager.enabled = False
-    InteractiveShell.clear_instance()
+    Shell.clear_instance()
     shell = Shell.instance(config=config)
     yield shell
-    InteractiveShell.clear_instance()
+    Shell.clear_instance()
 
 
 def run(shell, source: str):
@@ -221,11 +222,11 @@ def test_colab_clones_trains_into_drive_and_a_new_runtime_continues(shell, colab
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES
     assert [r["epoch"] for r in history_rows(run_dir)] == ["1"]
 
-    shutil.rmtree(clone)  # the runtime is gone; Drive stays
+    os.chdir(content)  # a new runtime starts in its working folder, without the clone; Drive stays
+    shutil.rmtree(clone)
     runtime_lib()
-    InteractiveShell.clear_instance()
+    Shell.clear_instance()
     second = Shell.instance(config=shell.config)
-    os.chdir(content)
     assert run_notebook(second, "03_training", url, settings) is None
     out = capsys.readouterr()
     assert "continues the run there" in out.out and "continuing from Google Drive" in out.out
@@ -250,25 +251,25 @@ def checkout(tmp_path) -> Path:
 
 
 def test_drive_holds_only_the_run_files_over_a_five_epoch_run(colab, checkout, smoke_root, monkeypatch, capsys):
-    """Every file the Drive folder ever held is one of the four, each the same file throughout (the same inode:
-    written in place), so nothing ever went to Drive's trash, while lib.train's own folder got a new last.pt every
-    epoch (atomic renames: what a run folder on Drive would have sent to the trash). A copy that fails (a full
-    Drive) is one warning; training goes on and the next copy catches up."""
+    """Every file the Drive folder ever held is one of the four, each the same file throughout (one inode: written
+    in place), and no file there was ever renamed over or deleted, so nothing went to Drive's trash; lib.train's
+    own folder had last.pt renamed over every epoch (what a run folder on Drive would have sent to the trash). A
+    copy that fails (a full Drive) is one warning; training goes on and the next copy catches up."""
     monkeypatch.chdir(checkout)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(nb, "_session", None)
     nb.setup(checkout, keep=["runs"])
     remote = checkout.parent / "drive" / nb.DRIVE_FOLDER / "runs" / "tiny"
     local = checkout / nb.LOCAL_RUNS / "runs" / "tiny"
-    held, inodes, local_inodes, writes = set(), defaultdict(set), set(), []
-    copy, real_open = nb._copy_in_place, open
+    held, inodes, writes, replaced, removed = set(), defaultdict(set), [], [], []
+    copy, real_open, real_replace, real_rename, real_unlink = (lib.drive.copy_in_place, open, os.replace,
+                                                               os.rename, os.unlink)
 
     def watched(src, dst):
         ok = copy(src, dst)
         for p in remote.iterdir():  # what Drive holds after every single copy
             held.add(p.name)
             inodes[p.name].add(p.stat().st_ino)
-        local_inodes.add((local / "last.pt").stat().st_ino)
         return ok
 
     def full_once(path, mode="r", *args, **kwargs):  # the 6th write into Drive fails, as on a full Drive
@@ -278,12 +279,19 @@ def test_drive_holds_only_the_run_files_over_a_five_epoch_run(colab, checkout, s
                 raise OSError(28, "No space left on device")
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(nb, "_copy_in_place", watched)
+    monkeypatch.setattr(lib.drive, "copy_in_place", watched)
     monkeypatch.setattr("builtins.open", full_once)
+    monkeypatch.setattr(os, "replace", lambda a, b, **kw: (replaced.append(str(b)), real_replace(a, b, **kw))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b, **kw: (replaced.append(str(b)), real_rename(a, b, **kw))[1])
+    monkeypatch.setattr(os, "unlink", lambda p, **kw: (removed.append(str(p)), real_unlink(p, **kw))[1])
     summary = nb.train(make_config("smoke", epochs=5, data_dir=str(smoke_root), out="runs/tiny", **TINY))
+    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "rename", real_rename)
+    monkeypatch.setattr(os, "unlink", real_unlink)
     assert summary["epochs_done"] == 5 and Path(summary["run_dir"]) == local and summary["kept_in"] == str(remote)
     assert held == RUN_FILES and all(len(v) == 1 for v in inodes.values()), inodes
-    assert len(local_inodes) == 5
+    assert not [p for p in replaced + removed if str(remote) in p]  # never replaced, never deleted on Drive
+    assert replaced.count(str(local / "last.pt")) == 5  # lib.train: a new last.pt every epoch
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "No space left on device" in warnings[0]
     kept = colab.cloud / nb.DRIVE_FOLDER / "runs" / "tiny"  # flushed and unmounted: on Google's side now
@@ -303,7 +311,7 @@ def test_kept_files_are_copied_to_drive_after_each_cell_and_back_into_a_new_runt
     drive = checkout.parent / "drive" / nb.DRIVE_FOLDER
     assert "Google Drive:" in capsys.readouterr().out
     (checkout / "report" / "table1.md").write_text("a table\n")
-    nb.sync_kept()
+    nb.current().drive.sync(checkout)  # what setup's post_run_cell hook does after every cell
     assert sorted(p.name for p in (drive / "report").iterdir()) == ["table1.md"]  # unchanged files stay local
     (drive / "data").mkdir()
     (drive / "data" / "cifar_test_nolabel.pkl").write_bytes(b"kaggle")
@@ -319,6 +327,7 @@ def test_notebooks_without_runs_do_not_ask_for_drive(colab, checkout, monkeypatc
     monkeypatch.setattr(nb, "_session", None)
     nb.setup(checkout)
     assert colab.calls == [] and not (checkout / "runs").exists() and nb.current().colab
+    assert nb.current().drive is None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -375,6 +384,18 @@ def test_a_user_error_is_one_line_other_errors_keep_their_traceback(shell, capsy
     assert "ZeroDivisionError" in text and "Traceback" in text and len(text.splitlines()) > 3
 
 
+def test_colabs_own_error_handler_keeps_its_exceptions(shell, capsys):
+    """Colab handles ImportError with IPython's custom exception handler too (google.colab._shell_customizations):
+    setup adds UserError to it instead of replacing it."""
+    seen = []
+    shell.set_custom_exc((ImportError,), lambda shell, etype, value, tb, tb_offset=None: seen.append(etype))
+    run(shell, "import lib.notebook as nb; nb.setup(%r)" % str(REPO))
+    run(shell, "import no_such_module_here")
+    assert seen == [ModuleNotFoundError]
+    run(shell, "from lib.config import make_config\nmake_config('smoke', epochs=0)")
+    assert one_line(capsys.readouterr().out) == "UserError: epochs = 0: must be >= 1" and len(seen) == 1
+
+
 def test_messages_use_the_notebooks_words(tmp_path):
     from lib.train import _open_run
 
@@ -399,11 +420,11 @@ def test_resume_auto(tmp_path, smoke_root, monkeypatch):
     train(make_config("smoke", epochs=2, stop_after_epochs=1, data_dir=str(smoke_root), out=str(out), **TINY))
     assert nb.resume_setting("auto", cfg) is True  # the same settings: continue
     before = (out / "last.pt").read_bytes()
-    other = make_config("smoke", epochs=2, data_dir=str(smoke_root), out=str(out), **{**TINY, "base_channels": 8})
+    other = make_config("smoke", epochs=2, lr=0.05, data_dir=str(smoke_root), out=str(out), **TINY)
     with pytest.raises(UserError) as exc:
         nb.resume_setting("auto", other)
     message = str(exc.value)
-    assert "already holds another run" in message and "base_channels 4 -> 8" in message and "--" not in message
+    assert "already holds another run" in message and "lr 0.1 -> 0.05" in message and "--" not in message
     assert (out / "last.pt").read_bytes() == before  # left as it is
     assert nb.resume_setting(False, cfg) is False and nb.resume_setting(True, other) is True
     with pytest.raises(UserError, match="expected"):

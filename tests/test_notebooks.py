@@ -133,6 +133,46 @@ def test_notebooks_are_thin(name):
                 assert not (module or "").startswith(("torch.nn", "torch.optim", "torchvision")), f"{name}: {module}"
 
 
+def kaggle_cell_namespace(tmp_path: Path, **extra) -> dict:
+    """What 05's upload cell reads from the cells before it, for a checkpoint trained on CIFAR-10."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from lib.common import UserError
+
+    return {"shlex": shlex, "shutil": shutil, "subprocess": subprocess, "Path": Path, "UserError": UserError,
+            "ckpt": {"model_config": {"name": "robust_resnet64"}, "epoch": 300}, "checkpoint": "runs/r64/best.pt",
+            "tta": True, "competition": "some-competition", "submission_file": tmp_path / "submission.csv",
+            "message": None, "data": {"source": "cifar10"}, "submit": True, **extra}
+
+
+def fake_kaggle(tmp_path: Path, monkeypatch, script: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kaggle").write_text("#!/bin/sh\n" + script)
+    (bin_dir / "kaggle").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_kaggle_upload_shows_the_clis_own_answer(tmp_path, monkeypatch, capsys):
+    """05 leaves the login to the kaggle CLI (whatever form it accepts) and shows what it says; a refusal is one
+    line with its exit code, the CLI's message above it."""
+    from lib.common import UserError
+
+    upload = code_cells(read("05_kaggle_submission"))[-1].source
+    fake_kaggle(tmp_path, monkeypatch, 'echo "$@"; echo "401 - Unauthorized" >&2; exit 1\n')
+    with pytest.raises(UserError, match="exit code 1"):
+        exec(upload, kaggle_cell_namespace(tmp_path))
+    out = capsys.readouterr().out
+    assert "401 - Unauthorized" in out and "competitions submit -c some-competition" in out
+    (tmp_path / "bin" / "kaggle").write_text('#!/bin/sh\necho "Successfully submitted to some-competition"\n')
+    exec(upload, kaggle_cell_namespace(tmp_path))
+    assert "Successfully submitted" in capsys.readouterr().out
+    exec(upload, kaggle_cell_namespace(tmp_path, submit=False))
+    assert "to upload, set submit = True or run:" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The chain: every notebook executed once on the smoke profile (slow: deselect with -m "not notebooks")
 # --------------------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_runtime_requirements_are_exactly_what_lib_and_the_notebooks_use():
 
 
 def test_optional_packages_are_development_requirements_only():
-    """Ray: in tests/requirements.txt (make venv, CI), not in requirements.txt (every Colab cell would install it)."""
+    """Ray: in tests/requirements.txt (make venv, CI), not in requirements.txt (every notebook's set-up would install it on Colab)."""
     development = {canonicalize_name(r.name) for r in requirements(REPO / "tests" / "requirements.txt")}
     runtime = {canonicalize_name(r.name) for r in requirements(REPO / "requirements.txt")}
     assert OPTIONAL <= development and not OPTIONAL & runtime
@@ -80,7 +80,7 @@ def test_requirements_admit_colabs_preinstalled_versions():
     for req in requirements(REPO / "requirements.txt"):
         name = canonicalize_name(req.name)
         assert req.marker is None or req.marker.evaluate(environment), f"{req}: not for Python {COLAB_PYTHON}"
-        assert name in COLAB, f"{req}: not preinstalled on Colab, so the Colab cell would install it"
+        assert name in COLAB, f"{req}: not preinstalled on Colab, so the notebooks' set-up would install it"
         assert req.specifier.contains(COLAB[name], prereleases=True), f"{req} rejects Colab's {name} {COLAB[name]}"
         assert name not in COLAB_PINNED, f"{req}: a package Colab pins for its kernel"
 
