@@ -59,7 +59,9 @@ def train_transform(cfg: RunConfig, mean: Sequence[float], std: Sequence[float])
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if "erasing" in ops and cfg.erasing_prob > 0:
-        steps.append(v2.RandomErasing(p=cfg.erasing_prob, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0))
+        value = "random" if cfg.erasing_value == "random" else 0  # "random": per-pixel N(0, 1), as the notebooks
+        steps.append(v2.RandomErasing(p=cfg.erasing_prob, scale=(ERASING_SCALE[0], cfg.erasing_max_area),
+                                      ratio=ERASING_RATIO, value=value))
     return v2.Compose(steps)
 
 
