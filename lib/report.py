@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator, MultipleLocator
 
 from .common import ArgumentParser, UserError, atomic_path, run_cli
 from .config import RunConfig, load_config, make_config
-from .models import OPTIONS, REPORTED, build_model, model_summary, resolve_config
+from .models import LEGACY_OPTIONS, OPTIONS, REPORTED, build_model, model_summary, resolve_config
 from .reference import original_log, log_difference
 from .train import RESUME_MAY_CHANGE
 
@@ -158,8 +158,14 @@ class Run:
         # the architecture as built, against the model's own with the paper profile's options
         default = json.loads(json.dumps(resolve_config(cfg.model, self.model_config.get("num_classes", 10),
                                                        **paper.model_overrides())))
-        mine = json.loads(json.dumps(self.model_config))
-        why += [f"{k} {_value(mine[k])}" for k in default if k != "name" and k in mine and mine[k] != default[k]]
+        # a model_config written before an option existed had that option's earlier behaviour (LEGACY_OPTIONS)
+        mine = {**LEGACY_OPTIONS, **json.loads(json.dumps(self.model_config))}
+        inert = {"name"}  # where SE or stochastic depth is absent from both, its placement or mode computes nothing
+        if not mine.get("se_reduction") and not default.get("se_reduction"):
+            inert.add("se_position")
+        if not mine.get("stochastic_depth_rate") and not default.get("stochastic_depth_rate"):
+            inert.add("stochastic_depth_mode")
+        why += [f"{k} {_value(mine[k])}" for k in default if k not in inert and k in mine and mine[k] != default[k]]
         unrecorded = [k for k in default if k not in mine]
         for f in fields(RunConfig):
             if f.name in EXECUTION_ONLY or f.name in _OWN_TERMS:
@@ -288,7 +294,9 @@ def plot_figure1(run: Run) -> Figure:
     ax = fig.add_subplot()
     few = len(h) <= 20  # markers: a 1-epoch run is a point, not nothing
     marks, log_marks = ({"marker": "o", "markersize": 3}, {"marker": "x", "markersize": 4}) if few else ({}, {})
-    ax.plot(h["epoch"], 100 * h["train_acc"], color="green", label="Training accuracy", **marks)
+    # history.csv files written before train_acc_dominant existed hold the dominant-label accuracy in train_acc
+    train_label = "Training accuracy" + ("" if "train_acc_dominant" in h else " (dominant label: an older history.csv)")
+    ax.plot(h["epoch"], 100 * h["train_acc"], color="green", label=train_label, **marks)
     ax.plot(h["epoch"], 100 * h["best_val_acc"], color="blue",
             label=f"Best validation accuracy so far (max {100 * run.best_val_acc:.2f}%)", **marks)
     log = original_log(run.config.model)
@@ -596,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: the hyper-parameter study of a lib.sweep folder (figures/sweep_<name>.png)")
     p.add_argument("--figures", default="figures", help="folder for figure1.png / figure1.pdf")
     p.add_argument("--report", default="report", help="folder for table1.md / table1.tex")
-    p.add_argument("--figure-run", metavar="RUN_DIR", help="run shown in Figure 1 (default: a reproduction before any other, "
-                                                          "RobustResNet64 first, then the newest)")
+    p.add_argument("--figure-run", metavar="RUN_DIR",
+                   help="run shown in Figure 1 (default: a reproduction before any other, RobustResNet64 first, "
+                        "then the newest)")
     args = p.parse_args(argv)
     if args.sweep:
         result = make_sweep_report(args.sweep, args.figures, args.report)

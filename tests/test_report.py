@@ -46,9 +46,10 @@ def fake_run(run_dir: Path, model: str, val_accs, profile="paper", data_source="
         info["data_official"] = data_official and data_source == "cifar10"
     save_config(cfg, run_dir / "config.json", extra=info)
     val = pd.Series(val_accs, dtype=float)
-    pd.DataFrame({"epoch": range(1, len(val) + 1), "lr": 0.1, "train_loss": 1.0,
-                  "train_acc": (val + 0.05).clip(upper=1.0), "val_loss": 1.0, "val_acc": val,
-                  "best_val_acc": val.cummax(), "epoch_seconds": 1.0}).to_csv(run_dir / "history.csv", index=False)
+    history = pd.DataFrame({"epoch": range(1, len(val) + 1), "lr": 0.1, "train_loss": 1.0,
+                            "train_acc": (val + 0.05).clip(upper=1.0), "train_acc_dominant": val, "val_loss": 1.0,
+                            "val_acc": val, "best_val_acc": val.cummax(), "epoch_seconds": 1.0})
+    history.to_csv(run_dir / "history.csv", index=False)
     if written is not None:
         os.utime(run_dir / "history.csv", (written, written))
     return run_dir
@@ -157,13 +158,25 @@ def test_what_does_and_does_not_count_as_a_change(tmp_path):
     assert load_run(fake_run(tmp_path / "ddp_sync", "robust_resnet64", FULL + [0.9], sync_bn=True,
                              extra={"world_size": 4})).is_real
     # a folder written before a setting existed: what it did there is unknown, so it cannot count
-    old = fake_run(tmp_path / "old", "robust_resnet64", FULL + [0.9], extra={"amp_dtype": None})
-    config = json.loads((old / "config.json").read_text())
-    del config["momentum"], config["amp_dtype"], config["device_name"]
-    (old / "config.json").write_text(json.dumps(config))
-    old_run = load_run(old)
-    assert old_run.shortfalls() == ["not recorded: momentum"]
-    assert ", paper profile, device not recorded, precision not recorded:" in old_run.source()
+    # (its model_config lacks the options added since: those had their earlier behaviour, lib.models.LEGACY_OPTIONS)
+    def older(run_dir):
+        config = json.loads((run_dir / "config.json").read_text())
+        del config["momentum"], config["amp_dtype"], config["device_name"]
+        for option in ("se_position", "stochastic_depth_mode", "init"):
+            del config["model_config"][option]
+        (run_dir / "config.json").write_text(json.dumps(config))
+        return load_run(run_dir)
+
+    old_r64 = older(fake_run(tmp_path / "old_r64", "robust_resnet64", FULL + [0.9]))
+    # RobustResNet64 has neither SE nor stochastic depth: only the initialisation differed
+    assert old_r64.shortfalls() == ["init default", "not recorded: momentum"]
+    assert ", paper profile, device not recorded, precision not recorded:" in old_r64.source()
+    old_v2 = older(fake_run(tmp_path / "old_v2", "light_resnet18_v2", FULL + [0.9]))
+    assert old_v2.shortfalls() == ["se_position output", "stochastic_depth_mode row", "init default",
+                                   "not recorded: momentum"]
+    # SE placement on a model without SE computes nothing: not a change
+    assert load_run(fake_run(tmp_path / "r64_se_out", "robust_resnet64", FULL + [0.9], se_position="output",
+                             stochastic_depth_mode="row")).is_real
 
 
 def test_every_model_at_the_paper_profile_is_a_reproduction(tmp_path):
@@ -291,8 +304,10 @@ def test_figure_shows_the_run_with_the_original_logs_same_epochs_dashed(tmp_path
     assert list(best_log.get_ydata()) == pytest.approx([45.63, 57.41, 65.17])
     assert train_log.get_color() == "green" and best_log.get_color() == "blue"
     assert train_log.get_linewidth() < train_line.get_linewidth()
+    assert train_line.get_label() == "Training accuracy"
     legend, = fig.legends
-    assert legend.get_title().get_text() == "dashed: AlperMumcular/DL-Project1 @ 0a11187, 0.87709 - Best Model/0_87709.ipynb"
+    assert legend.get_title().get_text() == ("dashed: AlperMumcular/DL-Project1 @ 0a11187, "
+                                             "0.87709 - Best Model/0_87709.ipynb")
     assert ax.get_title().startswith(f"{NOT_A_REPRODUCTION} (3 of 300 epochs) — RobustResNet64: CIFAR-10")
 
 
@@ -303,6 +318,12 @@ def test_figure_full_run_log_and_models_without_or_with_a_holdout_log(tmp_path):
     assert len(best_log.get_xdata()) == 300 and max(best_log.get_ydata()) == pytest.approx(96.93)
     assert best_log.get_ydata()[291] == pytest.approx(96.93) and best_log.get_ydata()[290] < 96.93  # epoch 292
     assert NOT_A_REPRODUCTION not in fig.axes[0].get_title() and "300 epochs" in fig.axes[0].get_title()
+
+    # a history.csv from before train_acc was lambda-weighted says what its green curve is
+    old = fake_run(tmp_path / "old", "robust_resnet64", [0.3, 0.4])
+    pd.read_csv(old / "history.csv").drop(columns="train_acc_dominant").to_csv(old / "history.csv", index=False)
+    green = plot_figure1(load_run(old)).axes[0].get_lines()[0]
+    assert green.get_label() == "Training accuracy (dominant label: an older history.csv)"
 
     b45 = plot_figure1(load_run(fake_run(tmp_path / "b45", "light_resnet18_v2_b45", [0.3, 0.4])))
     assert dashed(b45.axes[0]) == {} and len(b45.axes[0].get_lines()) == 2  # its log is lost: no dashed lines
