@@ -233,8 +233,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
 
 def newest(runs: list[Run]) -> Run:
-    """Of several runs, a reproduction before any other, then the one whose history.csv was written last."""
-    return max(runs, key=lambda r: (r.is_real, r.written))
+    """Of several runs, a reproduction before any other, then the one whose history.csv was written last (of equal
+    times, as in a fresh checkout of report/runs/, the one given last)."""
+    return max(reversed(runs), key=lambda r: (r.is_real, r.written))  # max keeps the first of equals
 
 
 def newest_per_model(runs: list[Run]) -> list[Run]:
@@ -278,10 +279,10 @@ def log_comparison(runs: list[Run]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- Figure 1
 def pick_figure_run(runs: list[Run]) -> Run:
     """The run Figure 1 shows: a reproduction before any other, RobustResNet64 (the report's figure) before other
-    models, then the newest -- never the one with the best number."""
+    models, then the newest (as ``newest``) -- never the one with the best number."""
     if not runs:
         raise UserError("no runs given")
-    return max(runs, key=lambda r: (r.is_real, r.config.model == FIGURE_MODEL, r.written))
+    return max(reversed(runs), key=lambda r: (r.is_real, r.config.model == FIGURE_MODEL, r.written))
 
 
 def plot_figure1(run: Run) -> Figure:
@@ -323,7 +324,7 @@ def plot_figure1(run: Run) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
     # below the axes: inside them it hides the curves of a short run
-    legend = fig.legend(loc="outside lower center", ncols=2, fontsize=7, frameon=False)
+    legend = fig.legend(loc="outside lower center", ncols=1, fontsize=7, frameon=False)
     if log is not None:
         legend.set_title(f"dashed: {log.citation}", prop={"size": 6})
     return fig
@@ -353,8 +354,11 @@ def _original_best(name: str) -> str:
     return f"{100 * log.best_val_acc:.2f}" + ("" if log.holdout is None else " (hold-out)")
 
 
-def _row(label: str, model: nn.Module, runs: list[Run], reported: str, original: str) -> dict:
+def _row(label: str, model: nn.Module, runs: list[Run], reported: str, original: str,
+         parameters: int | None = None) -> dict:
+    """``parameters``: the count the run recorded, when it may differ from ``model``'s (a rebuilt custom one)."""
     s = model_summary(model)  # the architecture columns, as notebook 02 shows them
+    s["parameters"] = parameters or s["parameters"]
     if runs:
         shown = newest(runs)
         source = shown.source() + (f" (newest of {len(runs)} runs given)" if len(runs) > 1 else "")
@@ -389,7 +393,8 @@ def table1(runs: list[Run]) -> pd.DataFrame:
         default = _architecture(build_model(name).config) if name in REPORTED else {}
         diff = ", ".join(f"{k} {v}" for k, v in _architecture(cfg).items() if default.get(k) != v and k != "name")
         label = f"{REPORTED.get(name, {}).get('label', name)} (custom: {diff})"
-        rows.append(_row(label, build_model(**cfg), group, "— (not in the report)", "—"))
+        rows.append(_row(label, build_model(**cfg), group, "— (not in the report)", "—",
+                         parameters=group[0].extra.get("parameters")))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 

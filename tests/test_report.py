@@ -11,7 +11,7 @@ import pytest
 
 from lib.common import UserError, run_cli
 from lib.config import make_config, save_config
-from lib.models import build_model
+from lib.models import build_model, count_parameters
 from lib.report import (FIGURE_TITLE, NOT_A_REPRODUCTION, TABLE_COLUMNS, default_runs, load_run, log_comparison,
                         main, pick_figure_run, plot_figure1, table1, write_table1)
 from lib.train import train
@@ -39,7 +39,8 @@ def fake_run(run_dir: Path, model: str, val_accs, profile="paper", data_source="
     modification time (seconds), which decides the newest run of a model."""
     cfg = make_config(profile, model=model, out=str(run_dir), epochs=epochs or len(val_accs), **overrides)
     n_train = cfg.train_size or 50000
-    info = {"model_config": build_model(model, **cfg.model_overrides()).config, "data_source": data_source,
+    built = build_model(model, **cfg.model_overrides())
+    info = {"model_config": built.config, "parameters": count_parameters(built), "data_source": data_source,
             "data_description": f"{data_source} data", "n_train": n_train, "n_val": cfg.val_size or 10000,
             "amp_dtype": amp_dtype, "device_name": device_name, "world_size": 1, **(extra or {})}
     if data_official is not None:
@@ -244,6 +245,15 @@ def test_custom_architecture_gets_its_own_row(smoke_run, tmp_path):
     assert "widths 8,16,32,64" in custom["Source"] and "2 of 300 epochs" in custom["Source"]
 
 
+def test_custom_row_counts_the_parameters_the_run_trained(tmp_path):
+    """The earlier post-activation LightResNet18 without SE: 2,797,610 parameters (recorded by its CPU runs in
+    report/runs/), although a model_config without SE does not say "no SE" to build_model."""
+    run = load_run(fake_run(tmp_path / "lr18_post", "light_resnet18", [0.5], preact=False, se_reduction=0,
+                            stochastic_depth_rate=0.0, init="default"))
+    custom = table1([run]).iloc[4]
+    assert custom["Model"].startswith("LightResNet18 (custom: preact False") and custom["#Params (M)"] == "2.80"
+
+
 def test_table_files(tmp_path):
     paths = write_table1(table1([]), tmp_path / "report")
     md, tex = (tmp_path / "report" / "table1.md").read_text(), (tmp_path / "report" / "table1.tex").read_text()
@@ -333,13 +343,20 @@ def test_figure_full_run_log_and_models_without_or_with_a_holdout_log(tmp_path):
                                          "hold-out)"}
 
 
-def test_figure_subtitle_names_every_difference_and_fits_the_image(smoke_run):
-    run = load_run(smoke_run)
+def test_figure_subtitle_names_every_difference_and_fits_the_image(tmp_path):
+    # the longest labels there are: LightResNet18's hold-out log, an older history.csv, many changed settings
+    lr18 = fake_run(tmp_path / "lr18", "light_resnet18", [0.3, 0.4, 0.5], epochs=300, data_official=False,
+                    val_source="holdout", train_size=10000, val_size=2000, augment="full", mix_prob=0.5,
+                    warmup_epochs=1.0, lr_step="iteration", stochastic_depth_mode="row", se_position="output",
+                    init="default", erasing_value="random")
+    pd.read_csv(lr18 / "history.csv").drop(columns="train_acc_dominant").to_csv(lr18 / "history.csv", index=False)
+    run = load_run(lr18)
+    assert len(run.shortfalls()) == 12
     fig = plot_figure1(run)
     title = fig.axes[0].title
     text = " ".join(title.get_text().split())
     assert text.startswith(f"{NOT_A_REPRODUCTION} ({'; '.join(run.shortfalls())}) — LightResNet18: "
-                           "synthetic smoke data")
+                           "CIFAR-10 re-encoded copy")
     fig.canvas.draw()  # the layout is made when drawing, as when saving
     renderer = fig.canvas.get_renderer()
     assert title.get_text().count("\n") >= 1, "a long subtitle is wrapped"
@@ -362,6 +379,8 @@ def test_figure_run_is_a_reproduction_then_robust_resnet64_then_the_newest(tmp_p
     assert pick_figure_run([lr18_new, r64_old, smoke]).path.name == "smoke"  # RobustResNet64, newest
     assert pick_figure_run([lr18_new, r64_old]).path.name == "r64_old"
     assert pick_figure_run([lr18_new]).path.name == "lr18_new"
+    same_time = [load_run(fake_run(tmp_path / name, "light_resnet18", [0.5], written=300)) for name in "ab"]
+    assert pick_figure_run(same_time).path.name == "b"  # of equal times, the one given last
     with pytest.raises(UserError):
         pick_figure_run([])
 
