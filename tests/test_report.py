@@ -1,4 +1,5 @@
-"""Report: Figure 1 and Table 1 from run folders; only a reproduction of the paper profile counts as one."""
+"""Report: Figure 1 and Table 1 from run folders (lib.report); only a reproduction of the paper profile counts as one
+(lib.runs)."""
 import json
 import os
 import re
@@ -12,8 +13,9 @@ import pytest
 from lib.common import UserError, run_cli
 from lib.config import make_config, save_config
 from lib.models import build_model, count_parameters
-from lib.report import (FIGURE_TITLE, NOT_A_REPRODUCTION, TABLE_COLUMNS, default_runs, load_run, log_comparison,
-                        main, pick_figure_run, plot_figure1, table1, write_table1)
+from lib.report import (FIGURE_TITLE, NOT_A_REPRODUCTION, TABLE_COLUMNS, log_comparison, main, pick_figure_run,
+                        plot_figure1, table1, write_table1)
+from lib.runs import default_runs, load_run
 from lib.train import train
 
 REPO = Path(__file__).resolve().parent.parent
