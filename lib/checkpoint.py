@@ -21,7 +21,7 @@ from .models import LEGACY_OPTIONS, build_model
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 # RunConfig settings absent from a format-1 checkpoint's config, as that version ran them
-LEGACY_RECIPE = {"lr_step": "iteration", "erasing_max_area": 0.33, "erasing_value": "zero", **LEGACY_OPTIONS}
+LEGACY_RECIPE = {"lr_step": "iteration", "erasing_max_area": 0.33, "erasing_value": "zero"}
 REQUIRED_KEYS = ("format", "config", "model_config", "normalization", "model", "epoch")
 RESUME_KEYS = ("optimizer", "scheduler", "history", "best_val_acc")  # what last.pt adds for --resume
 

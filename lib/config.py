@@ -36,6 +36,11 @@ AUGMENT_PRESETS = {
 }
 
 
+# RunConfig fields that are lib.models options (None: the architecture's default); the resolved architecture is
+# config.json's model_config
+MODEL_FIELDS = ("dropout", "stochastic_depth_rate", "base_channels", "widths", "blocks_per_group", "kernel_size",
+                "se_reduction", "se_position", "stochastic_depth_mode", "init", "preact")
+
 _TYPE_CHECKS = {"int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
                 "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
                 "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
@@ -144,9 +149,7 @@ class RunConfig:
 
     def model_overrides(self) -> dict[str, Any]:
         """Keyword overrides for ``lib.models.build_model`` (only the ones set)."""
-        names = ("dropout", "stochastic_depth_rate", "base_channels", "widths", "blocks_per_group",
-                 "kernel_size", "se_reduction", "se_position", "stochastic_depth_mode", "init", "preact")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {n: getattr(self, n) for n in MODEL_FIELDS if getattr(self, n) is not None}
 
     def warmup_epochs_used(self) -> float:
         """The warm-up the schedule runs: ``warmup_epochs``, capped at WARMUP_MAX_SHARE of the run."""

@@ -37,7 +37,7 @@ from .augment import make_eval_loader, make_train_loader, resolve_channels_last,
 from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
                      seed_everything)
-from .config import RunConfig, add_config_arguments, make_config, save_config
+from .config import MODEL_FIELDS, RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
 from .models import build_model, count_parameters, resolve_config
 from .runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
@@ -177,12 +177,13 @@ def _device_name(device: torch.device) -> str:
 def _check_resume_config(cfg: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
     """A resumed run keeps its settings and its architecture: one history never mixes two models or recipes."""
     stored, now = ckpt["config"], cfg.to_dict()
-    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != now[k]]
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k not in MODEL_FIELDS and k in stored
+               and stored[k] != now[k]]  # the model's fields: compared as the architecture they build, below
     changes = [f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in changed]
     model_now = resolve_config(cfg.model, num_classes=ckpt["model_config"].get("num_classes", 10),
                                **cfg.model_overrides())  # the architecture the same settings now build
     changes += [f"model {k} {v!r} -> {model_now[k]!r}" for k, v in ckpt["model_config"].items()
-                if k in model_now and model_now[k] != v and k not in changed]
+                if k in model_now and model_now[k] != v]
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: written by an earlier version of lib.train (checkpoint format {ckpt['format']}, "
                         f"before the original notebooks' models and recipe); it cannot be continued"
