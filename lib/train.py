@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
         raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
     if distributed.is_main_process():
-        print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
+        done = summary["epochs_done"]
+        print(f"best val accuracy {summary['best_val_acc']:.2%} after {done} epoch{'' if done == 1 else 's'}; "
               f"run folder {summary['run_dir']}")
     return 0
 
