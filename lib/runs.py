@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -72,7 +73,14 @@ class Run:
 
     @property
     def written(self) -> int:
-        """When history.csv was last written (ns): "newest" among runs of one model."""
+        """When the run started (config.json's started_at, kept across --resume; ns), else when history.csv was
+        last written: "newest" among runs of one model. A fresh checkout gives every file about the same time."""
+        started = self.extra.get("started_at")
+        if started:
+            try:
+                return int(datetime.fromisoformat(started).timestamp() * 1e9)
+            except ValueError:
+                pass
         return (self.path / "history.csv").stat().st_mtime_ns
 
     @property
