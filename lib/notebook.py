@@ -226,8 +226,8 @@ class ParameterCheck:
     def __init__(self):
         self.previous = ""
 
-    def seen(self, result) -> None:  # post_run_cell
-        self.previous = result.info.raw_cell
+    def seen(self, result) -> None:  # post_run_cell (IPython >= 7: the result carries the cell's source)
+        self.previous = getattr(getattr(result, "info", None), "raw_cell", "") or ""
 
     def __call__(self, lines: list[str]) -> list[str]:
         if not lines or lines[0].rstrip() != PAPERMILL_CELL:

@@ -134,11 +134,14 @@ def runtime_lib():
 
 
 def bare_repository(tmp_path: Path) -> str:
-    """This working tree's files as a commit of a local bare repository; its file:// URL."""
+    """This working tree's files (what git tracks, as they are now) as a commit of a local bare repository; its
+    file:// URL."""
     src = tmp_path / "src"
-    for name in ("lib", "notebooks", "tests"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-    shutil.copy2(REPO / "requirements.txt", src / "requirements.txt")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q", str(src)], check=True)
     subprocess.run([*git, "-C", str(src), "add", "-A"], check=True)
