@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .batch_augment import ERASING_RATIO, PADDING, BatchAugment, erasing_scale, erasing_value
+from .batch_augment import ERASING_RATIO, ERASING_SCALE, PADDING, BatchAugment
 from .config import RunConfig
 from .policies import policy_name
 
@@ -60,8 +60,9 @@ def train_transform(cfg: RunConfig, mean: Sequence[float], std: Sequence[float])
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if "erasing" in ops and cfg.erasing_prob > 0:
-        value = "random" if erasing_value(cfg) == "random" else 0  # after Normalize: 0 or per-pixel N(0, 1)
-        steps.append(v2.RandomErasing(p=cfg.erasing_prob, scale=erasing_scale(cfg), ratio=ERASING_RATIO, value=value))
+        value = "random" if cfg.erasing_value == "random" else 0  # "random": per-pixel N(0, 1), as the notebooks
+        steps.append(v2.RandomErasing(p=cfg.erasing_prob, scale=(ERASING_SCALE[0], cfg.erasing_max_area),
+                                      ratio=ERASING_RATIO, value=value))
     return v2.Compose(steps)
 
 

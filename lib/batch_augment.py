@@ -31,7 +31,7 @@ from .policies import (AUTOAUGMENT_BINS, AUTOAUGMENT_CIFAR10, GEOMETRIC, OP, OPS
 
 PADDING = 4                    # RandomCrop(32, padding=4): the standard CIFAR crop
 ERASING_SCALE = (0.02, 0.33)   # v2.RandomErasing defaults (area fraction, aspect ratio); cfg.erasing_max_area
-ERASING_RATIO = (0.3, 3.3)     # replaces the upper end of the area (the base-45 notebook: 0.1)
+ERASING_RATIO = (0.3, 3.3)     # replaces the upper end of the area
 ERASING_TRIES = 10             # v2.RandomErasing gives up (erases nothing) after 10 boxes that do not fit
 
 
@@ -214,9 +214,9 @@ class BatchAugment:
             self.policy = None
         self.magnitude = cfg.randaugment_magnitude
         self.erasing_prob = cfg.erasing_prob if "erasing" in ops else 0.0
-        self.erasing_scale = erasing_scale(cfg)
+        self.erasing_scale = (ERASING_SCALE[0], cfg.erasing_max_area)
         # "zero": 0 after normalising (v2.RandomErasing(value=0)); "random": per-pixel N(0, 1) (value="random")
-        self.erasing_random = erasing_value(cfg) == "random"
+        self.erasing_random = cfg.erasing_value == "random"
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         # constant tensors per device (and image size): a host-to-device copy per batch would be a host sync
         self._consts: dict = {}
@@ -360,12 +360,3 @@ class BatchAugment:
             return x.masked_fill(inside[:, None], 0.0)
         return torch.where(inside[:, None], noise, x)
 
-
-def erasing_scale(cfg: RunConfig) -> tuple[float, float]:
-    """RandomErasing's area range: (0.02, cfg.erasing_max_area); torchvision's 0.33 where the setting is absent."""
-    return ERASING_SCALE[0], float(getattr(cfg, "erasing_max_area", ERASING_SCALE[1]))
-
-
-def erasing_value(cfg: RunConfig) -> str:
-    """cfg.erasing_value: "zero" (0 after normalising, torchvision's default) or "random" (per-pixel N(0, 1))."""
-    return getattr(cfg, "erasing_value", "zero")

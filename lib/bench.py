@@ -244,7 +244,7 @@ def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch, loa
     def run(steps: int) -> None:
         for _ in range(steps):
             xb, sb = next(batches) if batches is not None else (x, soft)
-            loss, _ = train_step(step_model, xb, sb, optimizer, scheduler, criterion, scaler, dtype)
+            loss, *_ = train_step(step_model, xb, sb, optimizer, scheduler, criterion, scaler, dtype)
         loss.item()  # one sync at the end, as the training loop's periodic check
 
     return run

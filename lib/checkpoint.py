@@ -13,9 +13,15 @@ import torch
 import torch.nn as nn
 
 from .common import UserError
-from .models import build_model
+from .models import LEGACY_OPTIONS, build_model
 
-CHECKPOINT_FORMAT = 1
+# 2: the original notebooks' models and recipe (SE on the block input, whole-batch stochastic depth, Kaiming init,
+# per-epoch cosine). Format 1 files still load for prediction, read as the models they were trained with (model
+# options absent from their model_config take LEGACY_OPTIONS); --resume refuses them (lib.train says what changed).
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+# RunConfig settings absent from a format-1 checkpoint's config, as that version ran them
+LEGACY_RECIPE = {"lr_step": "iteration", "erasing_max_area": 0.33, "erasing_value": "zero"}
 REQUIRED_KEYS = ("format", "config", "model_config", "normalization", "model", "epoch")
 RESUME_KEYS = ("optimizer", "scheduler", "history", "best_val_acc")  # what last.pt adds for --resume
 
@@ -35,12 +41,15 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in (*REQUIRED_KEYS, *(RESUME_KEYS if resume else ())) if k not in ckpt]
     if missing:
         raise UserError(f"{path}: not a lib.train checkpoint (missing {', '.join(missing)})")
-    if ckpt["format"] != CHECKPOINT_FORMAT:
+    if ckpt["format"] not in READABLE_FORMATS:
         raise UserError(f"{path}: checkpoint format {ckpt['format']!r} is not supported (expected "
-                        f"{CHECKPOINT_FORMAT})")
+                        f"{' or '.join(map(str, READABLE_FORMATS))})")
     if not (isinstance(ckpt["model_config"], dict) and isinstance(ckpt["model"], dict)
             and isinstance(ckpt["config"], dict)):
         raise UserError(f"{path}: not a lib.train checkpoint (config, model_config and model must be dicts)")
+    if ckpt["format"] == 1:
+        ckpt["model_config"] = {**LEGACY_OPTIONS, **ckpt["model_config"]}
+        ckpt["config"] = {**LEGACY_RECIPE, **{k: v for k, v in ckpt["config"].items() if v is not None}}
     return ckpt
 
 

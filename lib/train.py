@@ -1,9 +1,12 @@
-"""The report's training recipe: SGD-Nesterov, linear warm-up + cosine annealing (stepped per iteration),
-cross-entropy with label smoothing on MixUp/CutMix soft targets, per-epoch history and atomic checkpoints.
+"""The report's training recipe, as the original notebooks ran it: SGD-Nesterov, cosine annealing (the lr of
+CosineAnnealingLR(T_max=epochs) stepped per epoch; optionally a linear warm-up), cross-entropy with label smoothing
+on MixUp/CutMix soft targets, per-epoch history and atomic checkpoints.
 
     python -m lib.train --model robust_resnet64 --data-dir data --out runs/robust64
     python -m lib.train --profile smoke --model light_resnet18 --out runs/smoke   # tiny, CPU, synthetic data
     python -m lib.train ... --resume                                              # continue from RUN_DIR/last.pt
+    python -m lib.train ... --stop-after-epochs 3    # epochs 1-3 of the 300-epoch schedule; --resume goes on
+    python -m lib.train ... --time-limit 50          # as many epochs as fit in 50 minutes; --resume goes on
 
 RUN_DIR receives config.json (every setting, versions, device, git commit), history.csv (one row per epoch),
 last.pt (every epoch) and best.pt (each new best validation accuracy). One process at a time writes a run
@@ -34,17 +37,19 @@ from .augment import make_eval_loader, make_train_loader, resolve_channels_last,
 from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
                      seed_everything)
-from .config import RunConfig, add_config_arguments, make_config, save_config
+from .config import MODEL_FIELDS, RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, resolve_config
 from .runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
 from .smoke_data import ensure_smoke_data
 
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc",
-                  "epoch_seconds")
+# train_acc: the notebooks' "Approx Train Acc" (Figure 1's training curve): lambda-weighted agreement with both
+# labels of each mixed image; train_acc_dominant: agreement with the label holding the larger share.
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "train_acc_dominant", "val_loss", "val_acc",
+                  "best_val_acc", "epoch_seconds")
 # Settings that may differ when resuming: they change how the run executes, not what it computes.
 RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "cuda_graphs", "download",
-                     "data_dir"}
+                     "data_dir", "stop_after_epochs", "time_limit"}
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
 
 
@@ -93,18 +98,29 @@ class _CudaGraphSteps(nn.Module):
         return self.compiled(x)
 
 
-def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Linear warm-up from lr/W to lr over W iterations, then cosine annealing to 0; stepped per iteration.
+def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Iteration -> multiple of ``cfg.lr``: linear warm-up over W, then cosine annealing to 0 over the rest.
 
-    W is ``cfg.warmup_epochs_used()``: the report's 5 epochs, at most a tenth of a short run."""
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs_used() * steps_per_epoch)), total - 1)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
-    if warmup <= 0:
-        return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0,
-                                               total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+    lr_step="epoch" (the notebooks'): the factor changes once per epoch, so epoch e (from 1) runs at
+    0.5 (1 + cos(pi (e - 1) / epochs)) x lr, the lr of CosineAnnealingLR(T_max=epochs) stepped once per epoch;
+    W whole epochs (rounded), the k-th at k / W. lr_step="iteration": the same curve per iteration, W iterations
+    from lr / W up. W is ``cfg.warmup_epochs_used()`` (none in the notebooks), at most a tenth of the run."""
+    per_epoch = cfg.lr_step == "epoch"
+    unit = steps_per_epoch if per_epoch else 1  # steps per unit of the schedule
+    total = cfg.epochs * steps_per_epoch // unit
+    warmup = min(int(round(cfg.warmup_epochs_used() * steps_per_epoch / unit)), total - 1)
+
+    def factor(step: int) -> float:
+        t = step // unit
+        if t < warmup:
+            return (t + 1) / warmup if per_epoch else (1 + t * (warmup - 1) / warmup) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(t - warmup, total - warmup) / (total - warmup)))
+    return factor
+
+
+def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """The schedule of ``lr_factor``, stepped once per iteration (train_step); its state is just the step count."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
 
 
 def make_criterion(cfg: RunConfig) -> nn.Module:
@@ -113,7 +129,10 @@ def make_criterion(cfg: RunConfig) -> nn.Module:
 
 
 def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, dtype=None):
-    """One optimisation step. Returns (loss, n_correct) as 0-dim device tensors: no host sync here."""
+    """One optimisation step. Returns (loss, correct, correct_dominant) as 0-dim device tensors, no host sync:
+    ``correct`` sums each image's target share of its predicted class, i.e. lam [pred == y_a] + (1 - lam)
+    [pred == y_b] for a mixed pair (the notebooks' "Approx Train Acc"); ``correct_dominant`` counts
+    predictions of the larger share's label."""
     with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(x)
         loss = criterion(logits, soft_y)
@@ -126,9 +145,10 @@ def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, d
         loss.backward()
         optimizer.step()
     scheduler.step()
-    # train accuracy against the dominant label of each (possibly mixed) target, as the report plots it
-    n_correct = (logits.argmax(1) == soft_y.argmax(1)).sum()
-    return loss.detach(), n_correct
+    pred = logits.detach().argmax(1, keepdim=True)
+    correct = soft_y.gather(1, pred).sum()  # soft_y = lam onehot(y_a) + (1 - lam) onehot(y_b), unsmoothed
+    correct_dominant = (pred.squeeze(1) == soft_y.argmax(1)).sum()
+    return loss.detach(), correct, correct_dominant
 
 
 @torch.inference_mode()
@@ -187,12 +207,23 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _check_resume_config(cfg: RunConfig, stored: dict[str, Any], path: Path) -> None:
-    now = cfg.to_dict()
-    diff = [k for k in now if k not in RESUME_MAY_CHANGE and k in stored and stored[k] != now[k]]
-    if diff:
-        changes = ", ".join(f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in diff)
-        raise UserError(f"{path}: --resume must keep the run's settings, but these differ: {changes} "
+def _check_resume_config(cfg: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
+    """A resumed run keeps its settings and its architecture: one history never mixes two models or recipes."""
+    stored, now = ckpt["config"], cfg.to_dict()
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k not in MODEL_FIELDS and k in stored
+               and stored[k] != now[k]]  # the model's fields: compared as the architecture they build, below
+    changes = [f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in changed]
+    model_now = resolve_config(cfg.model, num_classes=ckpt["model_config"].get("num_classes", 10),
+                               **cfg.model_overrides())  # the architecture the same settings now build
+    changes += [f"model {k} {v!r} -> {model_now[k]!r}" for k, v in ckpt["model_config"].items()
+                if k in model_now and model_now[k] != v]
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: written by an earlier version of lib.train (checkpoint format {ckpt['format']}, "
+                        f"before the original notebooks' models and recipe); it cannot be continued"
+                        + (f" (this version would change {', '.join(changes)})" if changes else "")
+                        + ": start a new --out")
+    if changes:
+        raise UserError(f"{path}: --resume must keep the run's settings, but these differ: {', '.join(changes)} "
                         f"(start a new --out to change them)")
 
 
@@ -207,7 +238,7 @@ def _open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str,
         raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
                         f"or choose another --out")
     ckpt = read_checkpoint(last_path, resume=True)
-    _check_resume_config(cfg, ckpt["config"], last_path)
+    _check_resume_config(cfg, ckpt, last_path)
     if catch_up:
         _catch_up(run_dir, ckpt)
     return ckpt
@@ -244,6 +275,7 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     ``on_epoch(row)`` is called with each epoch's history row once its checkpoint and history.csv are written.
     The run folder is held by this process throughout (``lib.runlock``); SIGTERM stops it like Ctrl-C.
     """
+    started = time.monotonic()  # --time-limit counts from here
     cfg.validate()
     device = resolve_device(cfg.device)  # every setting is checked before any file is touched
     if cfg.cuda_graphs and device.type != "cuda":
@@ -254,13 +286,13 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
         cfg = dataclasses.replace(cfg, progress=False)
     try:
         with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled():
-            return _train_held(cfg, ctx.device(device), run_dir, on_epoch, ctx)
+            return _train_held(cfg, ctx.device(device), run_dir, on_epoch, ctx, started)
     finally:
         ctx.close()
 
 
 def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
-                ctx: distributed.Context = distributed.Context()) -> dict[str, Any]:
+                ctx: distributed.Context = distributed.Context(), started: float | None = None) -> dict[str, Any]:
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resume_ckpt = _open_run(cfg, run_dir, catch_up=ctx.is_main)
     dtype = amp_dtype(device) if cfg.amp else None
@@ -306,6 +338,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
         best_epoch = resume_ckpt.get("best_epoch", 0)
         print(f"{run_dir}: all {cfg.epochs} epochs already done" if start_epoch >= cfg.epochs else
               f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr)
+    stop_epoch = min(cfg.epochs, cfg.stop_after_epochs or cfg.epochs)  # epochs 1..stop_epoch of the schedule
 
     data_info = {"source": splits.source, "description": splits.description, "official": splits.data_official,
                  "n_train": int(len(splits.train_y)), "n_val": int(len(splits.val_y))}
@@ -333,22 +366,26 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
         print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
               f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})"
               + (f" | {ctx.world_size} processes (torchrun)" if ctx.active else ""), file=sys.stderr)
-    epoch = start_epoch
+    epoch, stopped, last_epoch_seconds = start_epoch, None, None
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, stop_epoch):
+            if cfg.time_limit is not None and last_epoch_seconds is not None:
+                stopped = _out_of_time(cfg.time_limit, started, last_epoch_seconds)
+                if stopped:
+                    break
             seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank its own augmentation
             if hasattr(train_loader, "set_epoch"):  # torchrun: the epoch's global batch order
                 train_loader.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
-            train_loss, train_acc = _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
-                                                 scaler, dtype, epoch, last_path)
-            train_loss, train_acc = ctx.average(train_loss, train_acc)  # over the ranks' equal shares
+            train_loss, train_acc, train_acc_dominant = ctx.average(*_train_epoch(
+                cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch, last_path))
+            # ctx.average: over the ranks' equal shares
             val_loss, val_acc = evaluate(model, val_loader, dtype)
             if not history or val_acc > best_val_acc:  # strictly better: the first epoch of a tie stays best
                 best_val_acc, best_epoch = val_acc, epoch + 1
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": best_val_acc,
+                   "train_acc_dominant": train_acc_dominant, "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": best_val_acc,
                    "epoch_seconds": time.perf_counter() - t0}
             history.append(row)
             if not ctx.is_main:
@@ -367,30 +404,50 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
                   f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
             if on_epoch is not None:
                 on_epoch(dict(row))
+            last_epoch_seconds = time.perf_counter() - t0  # training, validation, checkpoint and callback
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lib.runlock.Terminated)
         why = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{why} during epoch {epoch + 1}/{cfg.epochs}: it is abandoned; {run_dir} keeps epochs 1-"
               f"{len(history)} (last.pt, history.csv). To continue, run again with the same settings and "
               f"--resume", file=sys.stderr)
         raise
-    return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": len(history),
-            "history": history}
+    done = len(history)
+    if done < cfg.epochs and ctx.is_main:
+        why = stopped or f"--stop-after-epochs {cfg.stop_after_epochs}"
+        print(f"stopped after epoch {done} of {cfg.epochs} ({why}); {run_dir} holds {cfg.schedule_words(done)}. "
+              f"To continue, run again with the same settings and --resume", file=sys.stderr)
+    return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": done, "history": history,
+            "schedule": cfg.schedule_words(done)}
+
+
+def _out_of_time(limit_minutes: float, started: float | None, last_epoch_seconds: float) -> str | None:
+    """Why to stop before the next epoch (None: it is predicted to fit): the next epoch is predicted to take as
+    long as the last one did (validation and checkpoint included), plus 5%."""
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    if elapsed + 1.05 * last_epoch_seconds > 60 * limit_minutes:
+        return (f"--time-limit {limit_minutes:g} minutes: {elapsed / 60:.1f} minutes gone, the next epoch "
+                f"(about {last_epoch_seconds:.0f} s) would not fit")
+    return None
 
 
 def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch,
-                 last_path) -> tuple[float, float]:
-    """One pass over the training batches, in train mode; returns (mean loss, accuracy vs dominant label)."""
+                 last_path) -> tuple[float, float, float]:
+    """One pass over the training batches, in train mode; returns (mean loss, lambda-weighted accuracy,
+    accuracy against the dominant label)."""
     device = next(step_model.parameters()).device
     step_model.train()  # evaluate() left the model in eval mode: dropout, stochastic depth and BN updates on
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct = torch.zeros((), device=device)
+    correct_dominant = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not _show_progress(cfg), mininterval=1.0, dynamic_ncols=True)
     for step, (x, soft_y) in enumerate(bar, 1):
-        loss, n_correct = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler, dtype)
+        loss, n_correct, n_dominant = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler,
+                                                 dtype)
         loss_sum += loss
         correct += n_correct
+        correct_dominant += n_dominant
         seen += len(soft_y)
         if step % CHECK_FINITE_EVERY == 0 or step == len(train_loader):
             mean_loss = loss_sum.item() / step  # one host sync every CHECK_FINITE_EVERY steps
@@ -400,7 +457,7 @@ def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
                     f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
     bar.close()
-    return loss_sum.item() / len(train_loader), correct.item() / seen
+    return loss_sum.item() / len(train_loader), correct.item() / seen, correct_dominant.item() / seen
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:

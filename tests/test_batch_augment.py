@@ -357,8 +357,7 @@ def test_random_erasing_values_and_max_area_match():
     erasing_max_area 0.1 (the base-45 notebook's scale (0.02, 0.1)) bounds the box."""
     n, p = 1600, 0.5
     x = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)  # 200/255 everywhere: any other value was erased
-    cfg = cfg_(augment="erasing", erasing_prob=p)
-    cfg.erasing_value, cfg.erasing_max_area = "random", 0.1
+    cfg = cfg_(augment="erasing", erasing_prob=p, erasing_value="random", erasing_max_area=0.1)
     areas, values = {}, {}
     for name, out in (("per-sample", per_sample(cfg, x)), ("batched", batched(cfg, x))):
         box = ((out - 200 / 255).abs() > 1e-4).all(1)  # all three channels redrawn: N(0, 1) never lands there

@@ -206,7 +206,7 @@ def test_no_host_sync_in_the_training_step(precision):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for xb, soft in loader:  # a whole epoch: the randperm, the chunk's BatchAugment, BatchMix, the step
-            loss, n_correct = train_step(model, xb, soft, optimizer, scheduler, criterion, scaler, dtype)
+            loss, *_ = train_step(model, xb, soft, optimizer, scheduler, criterion, scaler, dtype)
             losses.append(loss)
     finally:
         torch.cuda.set_sync_debug_mode(0)

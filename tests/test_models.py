@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from lib.models import REPORTED, build_model, count_parameters, count_weight_layers, list_models, model_summary
+from lib.models import (REPORTED, DropBranch, PreActBlock, build_model, count_parameters, count_weight_layers,
+                        list_models, model_summary)
 
 NAMES = ["light_resnet18", "light_resnet18_v2", "light_resnet18_v2_b45", "robust_resnet64"]
 
@@ -24,6 +25,16 @@ def test_registry_lists_the_four_table1_models():
 # #Params (M) as printed in the original report's Table 1
 TABLE1_PARAMS_M = {"light_resnet18": 2.81, "light_resnet18_v2": 4.39, "light_resnet18_v2_b45": 5.00,
                    "robust_resnet64": 3.80}
+
+
+# "Total trainable parameters" as the original team's notebooks print them (AlperMumcular/DL-Project1)
+NOTEBOOK_PARAMS = {"light_resnet18": 2_811_192, "light_resnet18_v2": 4_389_826, "light_resnet18_v2_b45": 4_998_947,
+                   "robust_resnet64": 3_799_978}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count_is_the_notebooks_exactly(name):
+    assert count_parameters(build_model(name)) == NOTEBOOK_PARAMS[name]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -61,7 +72,8 @@ def test_config_round_trip_rebuilds_the_same_architecture(name):
     model = build_model(name, dropout=0.3, blocks_per_group=1)  # overrides must survive the round trip too
     config = json.loads(json.dumps(model.config))  # JSON-serialisable
     for key in ("name", "num_classes", "widths", "blocks_per_group", "kernel_size", "dropout",
-                "stochastic_depth_rate", "se_reduction", "preact", "num_groups"):
+                "stochastic_depth_rate", "se_reduction", "preact", "num_groups", "se_position",
+                "stochastic_depth_mode", "init"):
         assert key in config
     again = build_model(**config)
     assert again.config == model.config and count_parameters(again) == count_parameters(model)
@@ -109,8 +121,12 @@ def test_base_channels_and_widths_and_depth():
     ("robust_resnet64", {"dropout": -0.1}, "dropout"),
     ("robust_resnet64", {"stochastic_depth_rate": 1.5}, "stochastic_depth_rate"),
     ("robust_resnet64", {"se_reduction": 16}, "se_reduction"),
-    ("light_resnet18_v2", {"se_reduction": 0}, "se_reduction"),
-    ("light_resnet18", {"preact": True}, "preact"),
+    ("light_resnet18_v2", {"se_reduction": -1}, "se_reduction"),
+    ("light_resnet18", {"preact": "yes"}, "preact"),
+    ("light_resnet18", {"se_position": "middle"}, "se_position"),
+    ("light_resnet18", {"preact": False, "se_position": "input"}, "se_position"),
+    ("light_resnet18", {"stochastic_depth_mode": "sample"}, "stochastic_depth_mode"),
+    ("robust_resnet64", {"init": "xavier"}, "init"),
     ("light_resnet18", {"widths": [8, 16], "num_groups": 3}, "num_groups"),
     ("light_resnet18", {"num_classes": 0}, "num_classes"),
 ])
@@ -127,33 +143,98 @@ def _outputs_in(model, train, n=2):
         return [model(x) for _ in range(n)]
 
 
-def test_stochastic_depth_drops_branches_only_in_training():
+def test_stochastic_depth_rates_per_block_are_the_notebooks():
+    # p = 0.1 x (group / 4) x (block / 2), by hand: groups 1..4, blocks 1..2
+    model = build_model("light_resnet18_v2")
+    rates = [m.p for m in model.modules() if isinstance(m, DropBranch)]
+    assert rates == pytest.approx([0.0125, 0.025, 0.025, 0.05, 0.0375, 0.075, 0.05, 0.1])
+    assert not any(isinstance(m, (DropBranch, StochasticDepth)) and m.p > 0 for m in build_model("robust_resnet64").modules())
+
+
+def test_stochastic_depth_drops_the_whole_batch_without_rescaling():
+    drop = build_model("light_resnet18_v2", stochastic_depth_rate=0.6).groups[1][1].drop_path  # p = 0.6 x 2/4 x 2/2
+    assert drop.p == pytest.approx(0.3)
+    torch.manual_seed(0)
+    outs = [drop.train()(torch.ones(64, 3)) for _ in range(4000)]
+    assert all(set(o.unique().tolist()) in ({0.0}, {1.0}) for o in outs)  # one coin for the batch; kept = unscaled
+    dropped = sum(o[0, 0].item() == 0 for o in outs) / len(outs)
+    assert dropped == pytest.approx(0.3, abs=3 * (0.3 * 0.7 / 4000) ** 0.5)  # within three standard errors
+    assert torch.equal(drop.eval()(torch.ones(64, 3)), torch.ones(64, 3))  # identity at evaluation
+
+
+def test_stochastic_depth_only_in_training_for_the_whole_model():
     model = build_model("light_resnet18_v2", stochastic_depth_rate=0.9, base_channels=8)
-    drop_paths = [m for m in model.modules() if isinstance(m, StochasticDepth)]
-    rates = [m.p for m in drop_paths]
-    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.9)  # linear rule, full rate at the last block
-    dropped = []
-    hooks = [m.register_forward_hook(lambda m, i, o: dropped.extend((o.flatten(1) == 0).all(1).tolist()))
-             for m in drop_paths]
-    a, b = _outputs_in(model, train=True)
-    assert not torch.allclose(a, b) and any(dropped) and not all(dropped)
-    dropped.clear()
     a, b = _outputs_in(model, train=False)
-    assert torch.equal(a, b) and not any(dropped)
-    for h in hooks:
-        h.remove()
-    # identity at eval: the same weights without stochastic depth give the very same outputs
+    assert torch.equal(a, b)
     plain = build_model("light_resnet18_v2", stochastic_depth_rate=0.0, base_channels=8)
     plain.load_state_dict(model.state_dict())
-    assert torch.equal(_outputs_in(plain, train=False)[0], a)
+    assert torch.equal(_outputs_in(plain, train=False)[0], a)  # identity at eval: the same outputs without it
+    outs = _outputs_in(model, train=True, n=6)
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:])
 
 
-def test_stochastic_depth_keeps_the_expectation():
+def test_row_mode_keeps_the_expectation():
     torch.manual_seed(0)
-    drop_path = build_model("light_resnet18_v2", stochastic_depth_rate=0.5).groups[-1][-1].drop_path
+    model = build_model("light_resnet18_v2", stochastic_depth_rate=0.5, stochastic_depth_mode="row")
+    drop_path = model.groups[-1][-1].drop_path
+    assert isinstance(drop_path, StochasticDepth)
     out = drop_path.train()(torch.ones(20000, 3))
     assert set(out[:, 0].unique().tolist()) == {0.0, 2.0}  # a whole row dropped or scaled by 1 / (1 - p)
     assert out.mean().item() == pytest.approx(1.0, abs=0.03)
+
+
+def _bn_eval(x, bn):
+    return (x - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps) \
+        * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+
+
+def test_se_acts_on_the_pre_activated_input_before_conv_and_shortcut():
+    torch.manual_seed(0)
+    block = PreActBlock(16, 32, stride=2, se_reduction=4).eval()  # the notebooks' placement is the default
+    for bn in (block.bn1, block.bn2):  # non-trivial statistics, so a misplaced BN would show
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, 16, 8, 8)
+    with torch.no_grad():
+        a = torch.relu(_bn_eval(x, block.bn1))
+        se = block.se  # by hand: squeeze (mean over H, W), Linear 16->4, ReLU, Linear 4->16, sigmoid, scale
+        assert (se.fc1.in_features, se.fc1.out_features, se.fc2.out_features) == (16, 4, 16)
+        assert se.fc1.bias is not None and se.fc2.bias is not None
+        gate = torch.sigmoid(torch.relu(a.mean((2, 3)) @ se.fc1.weight.T + se.fc1.bias) @ se.fc2.weight.T + se.fc2.bias)
+        a = a * gate[:, :, None, None]
+        skip = nn.functional.conv2d(a, block.shortcut.weight, stride=2)
+        h = torch.relu(_bn_eval(nn.functional.conv2d(a, block.conv1.weight, stride=2, padding=1), block.bn2))
+        expected = nn.functional.conv2d(h, block.conv2.weight, padding=1) + skip
+        assert torch.allclose(block(x), expected, atol=1e-5)
+        moved = PreActBlock(16, 32, stride=2, se_reduction=4, se_position="output").eval()
+        assert moved.se.fc1.in_channels == 32  # torchvision's SqueezeExcitation on the 32-channel branch output
+
+
+def test_light_models_have_se_in_every_block_on_its_in_channels():
+    model = build_model("light_resnet18")
+    ses = [(b.bn1.num_features, b.se.fc1.in_features, b.se.fc1.out_features) for g in model.groups for b in g]
+    assert ses == [(32, 32, 2), (32, 32, 2), (32, 32, 2), (64, 64, 4), (64, 64, 4), (128, 128, 8), (128, 128, 8),
+                   (256, 256, 16)]  # in-channels of each block, reduction 16
+
+
+def test_kaiming_initialisation_as_the_notebooks():
+    torch.manual_seed(0)
+    model = build_model("light_resnet18_v2")
+    conv = model.groups[3][1].conv2  # 320 -> 320, 3x3: fan_out = 320 x 9
+    assert conv.weight.std().item() == pytest.approx((2 / (320 * 9)) ** 0.5, rel=0.02)
+    fc = model.head[-1]
+    assert fc.weight.std().item() == pytest.approx(0.01, rel=0.1) and not fc.bias.any()
+    se = model.groups[3][1].se.fc1
+    assert se.weight.std().item() == pytest.approx(0.01, rel=0.1) and not se.bias.any()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all()) and not m.bias.any() for m in bns)
+    plain = build_model("light_resnet18_v2", init="default").head[-1]  # PyTorch's: U(-1/sqrt(320), 1/sqrt(320))
+    assert plain.weight.abs().max().item() > 0.04 and plain.bias.any()
+
+
+def test_post_activation_light_resnet18_is_an_option():
+    model = build_model("light_resnet18", preact=False, se_reduction=0, stochastic_depth_rate=0, init="default")
+    assert count_parameters(model) == 2_797_610  # kuangliu's ResNet18 at half width (this repo's earlier default)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_dropout_only_in_training():

@@ -74,21 +74,50 @@ def test_randaugment_with_autoaugment_is_an_error():
     assert make_config("paper", augment="crop,autoaugment").augment_ops() == ("crop", "autoaugment")
 
 
-def test_warmup_keeps_the_reports_5_epochs_and_caps_short_runs():
-    assert make_config("paper").warmup_epochs_used() == 5  # 300 epochs: the report's warm-up
-    assert make_config("paper", epochs=50).warmup_epochs_used() == 5
-    assert make_config("paper", epochs=2).warmup_epochs_used() == pytest.approx(0.2)
-    # 2 epochs x 10 steps: warm-up 2 steps (0.01 -> 0.1), then 18 cosine steps; step 11 is half-way: 0.05
-    cfg = make_config("paper", epochs=2, lr=0.1)
+def test_warmup_is_an_option_capped_at_a_tenth_of_short_runs():
+    assert make_config("paper").warmup_epochs_used() == 0  # the notebooks: no warm-up
+    assert make_config("paper", warmup_epochs=5).warmup_epochs_used() == 5  # the report's text: 'a few' (5)
+    assert make_config("paper", warmup_epochs=5, epochs=50).warmup_epochs_used() == 5
+    assert make_config("paper", warmup_epochs=5, epochs=2).warmup_epochs_used() == pytest.approx(0.2)
+    # per iteration, 2 epochs x 10 steps: warm-up 2 steps (0.05 -> 0.1), then 18 cosine steps; step 11 is half-way
+    cfg = make_config("paper", epochs=2, lr=0.1, warmup_epochs=5, lr_step="iteration")
+    lrs = _lrs(cfg, steps_per_epoch=10)
+    assert lrs[0] == pytest.approx(0.05) and lrs[2] == pytest.approx(0.1)
+    assert lrs[11] == pytest.approx(0.05) and lrs[19] < 0.002
+    # per epoch, 10 epochs, warm-up 1 epoch (a tenth): epoch 1 at 0.1 x 1/1, then cosine over the 9 others
+    lrs = _lrs(make_config("paper", epochs=10, warmup_epochs=1), steps_per_epoch=4)
+    assert lrs[:4] == [pytest.approx(0.1)] * 4 and lrs[4:8] == [pytest.approx(0.1)] * 4
+    assert lrs[8] == pytest.approx(0.05 * (1 + math.cos(math.pi / 9)))
+
+
+def _lrs(cfg, steps_per_epoch):
     opt = make_optimizer(cfg, torch.nn.Linear(2, 2))
-    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    sched = make_scheduler(cfg, opt, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(20):
+    for _ in range(cfg.epochs * steps_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(0.05) and lrs[2] == pytest.approx(0.1)
-    assert lrs[11] == pytest.approx(0.05) and lrs[19] < 0.002
+    return lrs
+
+
+def test_lr_per_epoch_is_cosine_annealing_stepped_per_epoch_as_the_notebooks():
+    """The notebooks: CosineAnnealingLR(optimizer, T_max=300), scheduler.step() once after each epoch. Ours steps
+    per iteration, but each epoch's learning rate must be the same at every step of the epoch, and equal to it."""
+    steps = 3
+    ours = _lrs(make_config("paper"), steps_per_epoch=steps)
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=300)
+    original = []
+    for _ in range(300):
+        original.append(opt.param_groups[0]["lr"])
+        opt.step()
+        reference.step()
+    for epoch in (1, 150, 300):
+        within = ours[(epoch - 1) * steps:epoch * steps]
+        assert within == [pytest.approx(original[epoch - 1], rel=1e-9)] * steps, epoch
+    assert original[0] == 0.1 and original[149] == pytest.approx(0.05 * (1 + math.cos(math.pi * 149 / 300)))
+    assert max(abs(a - b) / b for a, b in zip(ours[::steps], original)) < 1e-9
 
 
 # ------------------------------------------------------------------------------------------- training loop
@@ -109,7 +138,7 @@ def test_each_training_epoch_runs_in_train_mode_after_evaluation(smoke_root, tmp
     bn_means = []
     monkeypatch.setattr(train_mod, "build_model", build_and_watch)
     train(tiny(smoke_root, tmp_path / "run", epochs=2, dropout=0.2, stochastic_depth_rate=0.1, progress=True),
-          on_epoch=lambda row: bn_means.append(models[0].stem[1].running_mean.clone()))
+          on_epoch=lambda row: bn_means.append(models[0].head[0].running_mean.clone()))
     first_eval = next(i for i, (grad, _) in enumerate(seen) if not grad)
     after = seen[first_eval:]
     assert any(grad for grad, _ in after), "epoch 2 trained after epoch 1's evaluation"
@@ -164,7 +193,7 @@ def test_best_pt_is_the_best_epochs_weights_even_after_a_crash(smoke_root, tmp_p
     last = torch.load(run / "last.pt", weights_only=True)
     assert all(torch.equal(last["model"][k], weights[3][k]) for k in weights[3])
     config = json.loads((run / "config.json").read_text())
-    assert config["warmup_epochs_used"] == pytest.approx(0.3)  # smoke's 0.5, capped at a tenth of 3 epochs
+    assert config["warmup_epochs_used"] == 0  # the notebooks' recipe: no warm-up
     assert config["data_official"] is None  # synthetic data
 
 

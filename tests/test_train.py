@@ -154,7 +154,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_root, tmp_path, mon
 
 
 def test_schedule_is_linear_warmup_then_cosine_per_step():
-    cfg = make_config("paper", epochs=20, warmup_epochs=2, lr=0.1)  # 2 epochs = a tenth: not capped
+    cfg = make_config("paper", epochs=20, warmup_epochs=2, lr=0.1, lr_step="iteration")  # a tenth: not capped
     model = torch.nn.Linear(2, 2)
     opt = make_optimizer(cfg, model)
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 5e-4
