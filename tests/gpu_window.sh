@@ -69,7 +69,11 @@ keep() {  # keep SUBFOLDER FILE...: copy what exists into $OUT/SUBFOLDER; a miss
 }
 
 echo "== window: $WINDOW_MINUTES min on $(hostname), device $DEVICE"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>&1 || true; }
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
+else
+  echo "no nvidia-smi here"
+fi
 "$PY" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__,
           'torchvision', torchvision.__version__, 'cuda', torch.version.cuda)" || failed+=("versions")
 
