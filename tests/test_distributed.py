@@ -10,8 +10,9 @@ on 40 images, differed by 2 images at epoch 2). Hence: losses within 1% relative
 images, val accuracy within 4 of 40.
 The one-process reference is torchrun with --nproc_per_node 1: under torchrun the global batch order comes from
 lib.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
-(unchanged from before torchrun support), so its batches differ. Augmentation and MixUp are off: with them each rank draws its own random numbers, so the runs would differ
-by design (each rank augments its own shard).
+(unchanged from before torchrun support), so its batches differ. Augmentation, MixUp and stochastic depth are off:
+with them each rank draws its own random numbers (its shard's augmentation, its own coin for dropping a block), so
+the runs would differ by design.
 """
 import csv
 import json
@@ -32,6 +33,7 @@ def torchrun(nproc, out, smoke_root, *extra, port, wait=True):
            "127.0.0.1", "--master_port", str(port), "-m", "lib.train", "--profile", "smoke", "--model",
            "light_resnet18", "--data-dir", str(smoke_root), "--train-size", "80", "--val-size", "40",
            "--batch-size", "20", "--epochs", "3", "--lr", "0.01", "--augment", "none", "--mix-prob", "0",
+           "--stochastic-depth-rate", "0",
            "--device", "cpu", "--no-progress", "--sync-bn", "--out", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
