@@ -185,6 +185,33 @@ def bench_data(cfg, device, sizes, kornia: bool = False, quick: bool = False) ->
     return result
 
 
+def bench_chunks(cfg, device, rounds: int) -> dict[str, dict[int, float]]:
+    """Device loader images/s by chunk size (images per BatchAugment call), all threads, epochs of the largest
+    size taking turns: for the benchmark's augmentation set and the paper profile's (--chunk-sweep)."""
+    chunks = (128, 512, 1024, 2048, 4096) if device.type == "cpu" else (1024, 4096, 16_384, 32_768)
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (chunks[-1], 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, len(x)).astype(np.int64)
+    paper = make_config("paper", device=cfg.device)
+    sets = {f"augment={cfg.augment}, mix_prob={cfg.mix_prob}": cfg,
+            f"paper profile (augment={paper.augment}, mix_prob={paper.mix_prob})": dataclasses.replace(
+                cfg, augment=paper.augment, mix_prob=paper.mix_prob)}
+    out = {}
+    for label, c in sets.items():
+        loaders = {}
+        for chunk in chunks:
+            loaders[chunk] = make_train_loader(c, x, y, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26], device, "device")
+            loaders[chunk].chunk_images = chunk
+
+        def epoch(loader):
+            for _ in loader:
+                pass
+            return len(loader) * loader.batch_size
+
+        out[label] = _interleaved({k: (lambda l=l: epoch(l)) for k, l in loaders.items()}, rounds, device)
+    return out
+
+
 def bench_transform_only(cfg, x, mean, std, rounds: int) -> dict[str, float]:
     """The per-sample transform alone (no DataLoader, collate or mixing), one core: on PIL images, as our loader
     and the report's pipeline feed it, and on uint8 tensors (why the loader feeds PIL)."""
@@ -324,7 +351,8 @@ def bench_epoch(cfg, models, device, sizes, data_dir: str | None = None) -> dict
                 summary = train(run_cfg, on_epoch=lambda row: marks.append(time.perf_counter()))
             recorded = json.loads(Path(run_cfg.out, "config.json").read_text())
             out[name] = {"train_images": recorded["n_train"], "val_images": recorded["n_val"],
-                         "data": recorded["data_description"], "epoch_s": marks[1] - marks[0],
+                         "data": recorded["data_source"], "data_official": recorded["data_official"],
+                         "epoch_s": marks[1] - marks[0],
                          # history.csv's epoch_seconds: training + validation, the checkpoint left out
                          "first_epoch_s": summary["history"][0]["epoch_seconds"],
                          "run_s": marks[1] - t0}  # from the call: data loading and model set-up included
@@ -380,7 +408,7 @@ def bench_ops(cfg, models, device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 def run_bench(device_name_: str = "auto", quick: bool = False, models=None, kornia: bool = False,
               overrides: dict | None = None, epoch: bool = True, ops: bool = True, data_dir: str | None = None,
-              on_phase: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              chunk_sweep: bool = False, on_phase: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every measurement, phase by phase; ``on_phase(result)`` after each one with what is measured so far
     (``result["complete"]`` turns True at the end): a benchmark cut off by a time limit keeps its finished phases."""
     device = resolve_device(device_name_)
@@ -413,6 +441,8 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
             on_phase(result)
 
     phase("data", lambda: {"data_pipeline": bench_data(cfg, device, sizes, kornia=kornia, quick=quick)})
+    if chunk_sweep:
+        phase("chunks", lambda: {"chunk_sweep_img_s": bench_chunks(cfg, device, sizes["data_rounds"])})
     phase("train_step", lambda: _step_results(bench_train_steps(cfg, models, device, sizes),
                                               result["data_pipeline"], models))
     phase("inference", lambda: {"inference_img_s": bench_inference(cfg, models, device, sizes)})
@@ -463,6 +493,9 @@ def format_table(result: dict[str, Any]) -> str:
     if "kornia_img_s" in d:
         lines.append(f"kornia {d['kornia_version']}: {d['kornia_img_s']:,.0f} img/s vs BatchAugment "
                      f"{d['batch_augment_img_s']:,.0f} img/s (augmentation only, one batch repeated)")
+    for label, rates in result.get("chunk_sweep_img_s", {}).items():
+        lines.append(f"device loader by chunk size, {label}: "
+                     + ", ".join(f"{int(k):,}: {v:,.0f} img/s" for k, v in rates.items()))
     s = result["train_step_settings"]
     columns = {
         "train img/s (configured)": result["train_step_img_s"],
@@ -485,9 +518,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(pd.DataFrame(columns).to_markdown(floatfmt=",.2f"))
     if solo:
         r = next(iter(solo.values()))
-        lines.append(f"solo epoch: lib.train, epoch 2 of 2 from the end of epoch 1 (training, validation, "
-                     f"checkpoint), {r['train_images']:,} training / {r['val_images']:,} validation images of "
-                     f"{r['data']}; first epoch: training + validation (cuDNN autotuning, compilation)")
+        lines.append(f"solo epoch: lib.train's epoch 2 of 2, from the end of epoch 1 (training, validation, "
+                     f"checkpoint), {r['train_images']:,} training / {r['val_images']:,} validation images, "
+                     f"{r['data']} data{' (official files)' if r['data_official'] else ''}; first epoch: training "
+                     f"+ validation, with the warm-up (cuDNN autotuning, compilation)")
     ops = result.get("ops")
     if ops:
         lines.append(f"aten ops per training step (loader counted on {ops['loader_counted_on']}, step on "
@@ -522,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="CIFAR-10 for the solo epoch (default: synthetic files of its size)")
     parser.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the solo lib.train epoch")
     parser.add_argument("--no-ops", dest="ops", action="store_false", help="skip the aten op counts")
+    parser.add_argument("--chunk-sweep", action="store_true",
+                        help="also time the device loader at several chunk sizes (images per BatchAugment call)")
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("channels_last", "amp", "compile", "cuda_graphs")
                  if getattr(args, k) is not None}
@@ -530,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
 
     result = run_bench(args.device, quick=args.quick, models=args.models, kornia=args.kornia, overrides=overrides,
-                       epoch=args.epoch, ops=args.ops, data_dir=args.data_dir, on_phase=write)
+                       epoch=args.epoch, ops=args.ops, data_dir=args.data_dir, chunk_sweep=args.chunk_sweep,
+                       on_phase=write)
     print(format_table(result))
     if args.json:
         print(f"wrote {args.json}")
