@@ -188,9 +188,9 @@ def default_chunk_images(device: torch.device | str) -> int:
     """Images the device loader augments per ``BatchAugment`` call. On a GPU a call costs its ~600-1,000 kernel
     launches whatever the count, so 16,384 images (128 batches of 128) spread them to a few per training step;
     its temporaries peak near 80 KiB per image (1.3 GB), which a 16 GB T4 holds beside the model. On the CPU a
-    chunk that stays in cache is fastest: 1,024 images beat both batches of 128 and chunks of 10,240
-    (report/benchmarks.md)."""
-    return 1024 if torch.device(device).type == "cpu" else 16_384
+    chunk that stays in cache is fastest: 512 images were never slower than batches of 128, and chunks of a few
+    thousand were (report/benchmarks.md)."""
+    return 512 if torch.device(device).type == "cpu" else 16_384
 
 
 class DeviceLoader:

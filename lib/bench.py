@@ -49,11 +49,11 @@ from .train import compile_model, make_criterion, make_optimizer, make_scheduler
 # 128, the report's). Steps: `repeats` interleaved timings of `steps` steps at `step_batch`; median.
 # Solo epoch: `epoch_train` training and `epoch_val` validation images (CUDA: CIFAR-10's 50,000 and 10,000).
 FULL = {"batch": 128, "data_rounds": 3, "step_batch": 32, "steps": 2, "repeats": 7, "infer_batch": 128,
-        "epoch_train": 1000, "epoch_val": 500}
+        "epoch_train": 500, "epoch_val": 250}
 QUICK = {"batch": 128, "data_rounds": 1, "step_batch": 16, "steps": 1, "repeats": 3, "infer_batch": 32,
          "epoch_train": 100, "epoch_val": 50}
-CUDA = {"batch": 128, "data_rounds": 4, "step_batch": 128, "steps": 20, "loader_steps": 128, "repeats": 5,
-        "infer_batch": 512, "epoch_train": 50_000, "epoch_val": 10_000}
+CUDA = {"batch": 128, "data_rounds": 2, "step_batch": 128, "steps": 20, "loader_steps": 128, "repeats": 3,
+        "infer_batch": 512, "epoch_train": 50_000, "epoch_val": 10_000}  # fits tests/gpu_window.sh's 90 s
 QUICK_MODELS = ("light_resnet18", "robust_resnet64")
 
 
@@ -137,7 +137,7 @@ def bench_data(cfg, device, sizes, kornia: bool = False, quick: bool = False) ->
     bs, rounds = sizes["batch"], sizes["data_rounds"]
     rng = np.random.default_rng(0)
     mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-    # two of the device loader's chunks (at least 16 batches); each turn takes whole epochs, so that every turn
+    # at least two of the device loader's chunks and 16 batches; each turn takes whole epochs, so that every turn
     # pays for its chunks' augmentation
     n = max(16 * bs, 2 * default_chunk_images(device))
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -186,9 +186,12 @@ def bench_data(cfg, device, sizes, kornia: bool = False, quick: bool = False) ->
 
 
 def bench_chunks(cfg, device, rounds: int) -> dict[str, dict[int, float]]:
-    """Device loader images/s by chunk size (images per BatchAugment call), all threads, epochs of the largest
-    size taking turns: for the benchmark's augmentation set and the paper profile's (--chunk-sweep)."""
-    chunks = (128, 512, 1024, 2048, 4096) if device.type == "cpu" else (1024, 4096, 16_384, 32_768)
+    """Device loader images/s by chunk size (images per BatchAugment call), epochs of the largest size taking
+    turns, at least 6 rounds: for the benchmark's augmentation set and the paper profile's (--chunk-sweep). On the
+    CPU with one thread (per core: 2-thread timings collapse when other processes hold a core, see
+    report/benchmarks.md)."""
+    rounds = max(6, rounds)
+    chunks = (128, 256, 512, 1024, 4096) if device.type == "cpu" else (1024, 4096, 16_384, 32_768)
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (chunks[-1], 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, len(x)).astype(np.int64)
@@ -208,7 +211,8 @@ def bench_chunks(cfg, device, rounds: int) -> dict[str, dict[int, float]]:
                 pass
             return len(loader) * loader.batch_size
 
-        out[label] = _interleaved({k: (lambda l=l: epoch(l)) for k, l in loaders.items()}, rounds, device)
+        with _one_thread() if device.type == "cpu" else contextlib.nullcontext():
+            out[label] = _interleaved({k: (lambda l=l: epoch(l)) for k, l in loaders.items()}, rounds, device)
     return out
 
 
@@ -441,6 +445,8 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
             on_phase(result)
 
     phase("data", lambda: {"data_pipeline": bench_data(cfg, device, sizes, kornia=kornia, quick=quick)})
+    if ops:  # early: quick, and counts do not depend on the machine's load
+        phase("ops", lambda: {"ops": bench_ops(cfg, models, device)})
     if chunk_sweep:
         phase("chunks", lambda: {"chunk_sweep_img_s": bench_chunks(cfg, device, sizes["data_rounds"])})
     phase("train_step", lambda: _step_results(bench_train_steps(cfg, models, device, sizes),
@@ -448,8 +454,6 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
     phase("inference", lambda: {"inference_img_s": bench_inference(cfg, models, device, sizes)})
     if epoch:  # a real lib.train epoch: training, validation and checkpoint
         phase("solo_epoch", lambda: {"solo_epoch": bench_epoch(cfg, models, device, sizes, data_dir)})
-    if ops:
-        phase("ops", lambda: {"ops": bench_ops(cfg, models, device)})
     result["load_average_before_after"][1] = _load_average()
     result["complete"] = True
     if on_phase is not None:
@@ -493,8 +497,9 @@ def format_table(result: dict[str, Any]) -> str:
     if "kornia_img_s" in d:
         lines.append(f"kornia {d['kornia_version']}: {d['kornia_img_s']:,.0f} img/s vs BatchAugment "
                      f"{d['batch_augment_img_s']:,.0f} img/s (augmentation only, one batch repeated)")
+    threads = " (one thread)" if result["device_type"] == "cpu" else ""
     for label, rates in result.get("chunk_sweep_img_s", {}).items():
-        lines.append(f"device loader by chunk size, {label}: "
+        lines.append(f"device loader by chunk size{threads}, {label}: "
                      + ", ".join(f"{int(k):,}: {v:,.0f} img/s" for k, v in rates.items()))
     s = result["train_step_settings"]
     columns = {

@@ -282,6 +282,9 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
         raise UserError(f"--cuda-graphs: needs a CUDA device (this run is on {device.type})")
     run_dir = Path(cfg.out)
     ctx = distributed.setup(cfg.device, cfg.sync_bn)  # under torchrun: this process's rank; else rank 0 of 1
+    if cfg.cuda_graphs and ctx.active:  # DDP's gradient all-reduce runs inside the backward pass
+        ctx.close()
+        raise UserError("--cuda-graphs: one process only (not under torchrun)")
     if not ctx.is_main:  # rank 0 alone holds and writes the run folder and shows progress
         cfg = dataclasses.replace(cfg, progress=False)
     try:

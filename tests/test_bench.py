@@ -24,7 +24,7 @@ def test_quick_cpu_bench_json(tmp_path, capsys):
     fed = r["train_step_with_loader_img_s"]["light_resnet18"]
     assert fed > 0 and abs(r["epoch_seconds_50k"]["light_resnet18"] * fed - 50_000) < 1e-6 * 50_000
     assert 0 <= r["data_share_measured"]["light_resnet18"] < 1
-    assert d["batched_per_batch_img_s"] > 0 and d["chunk_images"] == 1024  # the CPU's chunks, and one per batch
+    assert d["batched_per_batch_img_s"] > 0 and d["chunk_images"] == 512  # the CPU's chunks, and one per batch
     s = r["train_step_settings"]
     assert s["amp_dtype"] is None and s["compile"] is False  # CPU: fp32, eager
     assert s["plain_fp32_tf32"] is None  # no TF32 on a CPU
