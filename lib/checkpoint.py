@@ -47,8 +47,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not (isinstance(ckpt["model_config"], dict) and isinstance(ckpt["model"], dict)
             and isinstance(ckpt["config"], dict)):
         raise UserError(f"{path}: not a lib.train checkpoint (config, model_config and model must be dicts)")
-    if ckpt["format"] == 1:
+    if ckpt["format"] == 1:  # se_reduction None meant "no SE" then; now it means the model's default
         ckpt["model_config"] = {**LEGACY_OPTIONS, **ckpt["model_config"]}
+        ckpt["model_config"]["se_reduction"] = ckpt["model_config"].get("se_reduction") or 0
         ckpt["config"] = {**LEGACY_RECIPE, **{k: v for k, v in ckpt["config"].items() if v is not None}}
     return ckpt
 

@@ -258,11 +258,11 @@ def resolve_config(name: str, num_classes: int = 10, **overrides: Any) -> dict[s
     kernel_size = _int("kernel_size", o.get("kernel_size", arch["kernel_size"]))
     if kernel_size % 2 == 0:
         _fail("kernel_size", kernel_size, "must be odd (padding k // 2 keeps the 32x32 size only for odd k)")
-    se_reduction = arch["se_reduction"]
+    se_reduction = arch["se_reduction"] or 0  # 0: no SE blocks (kept as 0, so model.config rebuilds without them)
     if "se_reduction" in o:
-        if se_reduction is None:
+        if _int("se_reduction", o["se_reduction"], low=0) and not se_reduction:
             _fail("se_reduction", o["se_reduction"], f"{name} has no Squeeze-and-Excitation blocks")
-        se_reduction = _int("se_reduction", o["se_reduction"], low=0) or None  # 0: no SE blocks
+        se_reduction = int(o["se_reduction"])
     # post-activation blocks take SE on their output only
     se_position = _choice("se_position", o.get("se_position", arch["se_position"] if preact else "output"),
                           SE_POSITIONS)
@@ -303,7 +303,7 @@ def model_summary(name_or_model: str | nn.Module, **overrides: Any) -> dict[str,
 # ------------------------------------------------------------------------------------------------------------
 # The registry: one line per Table 1 row, as the original notebooks built them. Every model takes the same
 # overrides (timm's create_model idea).
-DEFAULTS = dict(kernel_size=3, dropout=0.0, stochastic_depth_rate=0.0, se_reduction=None, se_position="input",
+DEFAULTS = dict(kernel_size=3, dropout=0.0, stochastic_depth_rate=0.0, se_reduction=0, se_position="input",
                 stochastic_depth_mode="batch", init="kaiming")  # 3x3 convs and Kaiming init: the notebooks'
 # LightResNet18 (base 32) and LightResNet18_v2 are one network: SE r=16 on each block's input, stochastic depth 0.1
 LIGHT = dict(preact=True, blocks_per_group=2, stochastic_depth_rate=0.1, se_reduction=16)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import platform
 import shlex
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -201,6 +203,18 @@ def _versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "numpy": np.__version__, "lib": __version__}
 
 
+def _started_at(run_dir: Path, resumed: bool) -> str:
+    """When the run's first epoch started (UTC, ISO 8601): kept across --resume; "newest run" is by this time."""
+    if resumed:
+        try:
+            stored = json.loads((run_dir / "config.json").read_text()).get("started_at")
+            if stored:
+                return stored
+        except (OSError, ValueError):
+            pass
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -355,6 +369,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
             "channels_last": channels_last, "steps_per_epoch": len(train_loader),
             "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit(),
+            "started_at": _started_at(run_dir, resume_ckpt is not None),
             "world_size": ctx.world_size})
 
     def checkpoint(epoch: int) -> dict[str, Any]:
@@ -484,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
         raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
     if distributed.is_main_process():
-        print(f"best val accuracy {summary['best_val_acc']:.2%} after {summary['epochs_done']} epochs; "
+        done = summary["epochs_done"]
+        print(f"best val accuracy {summary['best_val_acc']:.2%} after {done} epoch{'' if done == 1 else 's'}; "
               f"run folder {summary['run_dir']}")
     return 0
 

@@ -84,6 +84,14 @@ def test_config_round_trip_rebuilds_the_same_architecture(name):
         assert torch.equal(model.eval()(x), again.eval()(x))
 
 
+def test_a_model_with_se_turned_off_rebuilds_from_its_config():
+    model = build_model("light_resnet18", se_reduction=0)
+    assert not any(".se." in n for n, _ in model.named_parameters())
+    again = build_model(**json.loads(json.dumps(model.config)))
+    again.load_state_dict(model.state_dict())  # raises if SE came back
+    assert count_parameters(again) == count_parameters(model) < 2_811_192
+
+
 def test_kernel_size_changes_convs_but_not_shortcuts():
     convs = _convs(build_model("light_resnet18_v2", kernel_size=5, blocks_per_group=1))
     shortcuts = [k for n, k in convs if "shortcut" in n]

@@ -1,9 +1,9 @@
 """The notebooks: committed without outputs, thin over lib/, and executed on the smoke profile.
 
 Each notebook is executed once per test session, by papermill (as `make smoke` and a user's `papermill -p ...` run
-them), in CHAIN order in one scratch copy of what a fresh clone holds (lib/, notebooks/, requirements.txt), so
-smoke data, run folders, figures, tables and submission.csv land in tmp, never in the working tree. The checks
-per notebook read what that one execution left (the executed notebooks and the clone's files).
+them), in CHAIN order in one scratch copy of what a fresh clone holds (lib/, notebooks/, report/reference/,
+requirements.txt), so smoke data, run folders, figures, tables and submission.csv land in tmp, never in the working
+tree. The checks per notebook read what that one execution left (the executed notebooks and the clone's files).
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_setup_cell_finds_the_repository_root(monkeypatch):
 # --------------------------------------------------------------------------------------------------------------
 def fresh_clone(dest: Path) -> Path:
     """What a fresh clone needs to run the notebooks, without data/, runs/ or caches."""
-    for name in ("lib", "notebooks"):
+    for name in ("lib", "notebooks", "report/reference"):  # report/reference: the original logs Figure 1 draws
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     shutil.copy2(REPO / "requirements.txt", dest / "requirements.txt")
     return dest
@@ -241,7 +241,7 @@ def test_results_trains_the_run_it_needs_and_reports(chain):
     assert (chain.clone / SMOKE_RUN / "best.pt").is_file()
     for path in ("figures/figure1.png", "figures/figure1.pdf", "report/table1.md", "report/table1.tex"):
         assert (chain.clone / SMOKE_OUT / path).stat().st_size > 0, path
-    assert not (chain.clone / "figures").exists() and not (chain.clone / "report").exists(), \
+    assert not (chain.clone / "figures").exists() and not list((chain.clone / "report").glob("table1.*")), \
         "smoke output in the committed folders"
     table = (chain.clone / SMOKE_OUT / "report/table1.md").read_text()
     assert "NOT a reproduction" in table and "no real run yet" in table  # a smoke number is never a result
