@@ -129,8 +129,12 @@ gpu-prepare:
 clean:
 	rm -rf $(SCRATCH) runs/*_smoke* data/smoke .pytest_cache
 
-# Point the README's "Open in Colab" badges and the notebooks' clone cell at a GitHub copy: make colab-links REPO=user/name
+# Point the Colab badges (README and every notebook's title cell) and the notebooks' clone URL (their first cell's
+# REPO_URL) at a GitHub copy of this repository: make colab-links REPO=github-user/repository
 colab-links:
 	@test -n "$(REPO)" || { echo "usage: make colab-links REPO=github-user/repository" >&2; exit 2; }
-	sed -i 's#github/[A-Za-z0-9_.-]*/[A-Za-z0-9_.-]*/blob/main/notebooks#github/$(REPO)/blob/main/notebooks#g' README.md
-	sed -i 's#https://github.com/[A-Za-z0-9_.-]*/[A-Za-z0-9_.-]*\.git#https://github.com/$(REPO).git#g' notebooks/*.ipynb
+	@echo "$(REPO)" | grep -Eqx '[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+' || \
+		{ echo "make colab-links: REPO=$(REPO): expected github-user/repository" >&2; exit 2; }
+	sed -i 's#colab.research.google.com/github/[A-Za-z0-9_.-]*/[A-Za-z0-9_.-]*/blob/#colab.research.google.com/github/$(REPO)/blob/#g' \
+		README.md notebooks/*.ipynb
+	sed -i 's#https://github.com/[A-Za-z0-9_.-]*/[A-Za-z0-9_.-]*\.git#https://github.com/$(REPO).git#g' README.md notebooks/*.ipynb

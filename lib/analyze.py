@@ -127,11 +127,19 @@ def per_class(confusion: np.ndarray, names) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------
 # The analysis
 # ----------------------------------------------------------------------------------------------------------
-def _load(checkpoint, data_dir, device):
-    """(model, ckpt, splits) for the checkpoint's validation split; UserError when the data is not that split."""
+def _load(checkpoint, data_dir, device, download: bool = False):
+    """(model, ckpt, splits) for the checkpoint's validation split; UserError when the data is not that split.
+    ``download``: fetch the official CIFAR-10 archive first when the data folder holds no copy (a new runtime)."""
+    from .data import find_cifar_dir, load_cifar10
     from .predict import load_checkpoint, validation_split
 
     model, ckpt = load_checkpoint(checkpoint, device)
+    if download:
+        where = data_dir if data_dir is not None else RunConfig.from_dict(ckpt["config"]).data_dir
+        try:
+            find_cifar_dir(where)
+        except UserError:  # none there, or a partial copy: fetch the official archive
+            load_cifar10(where, download=True)
     splits, mismatches = validation_split(ckpt, data_dir)
     if mismatches:  # analysing other data than the run's split would mislabel every number
         data_dir = RunConfig.from_dict(ckpt["config"]).data_dir if data_dir is None else data_dir
@@ -140,14 +148,16 @@ def _load(checkpoint, data_dir, device):
 
 
 def analyze(checkpoint, data_dir=None, corruptions=tuple(CORRUPTIONS), severities=SEVERITIES, tta: bool = True,
-            device: str = "auto", seed: int = 0, batch_size: int = 512, progress: bool = True) -> dict:
+            device: str = "auto", seed: int = 0, batch_size: int = 512, progress: bool = True,
+            download: bool = False) -> dict:
     """Compute everything ``write_analysis`` writes; returns {"metrics", "probs", "labels", "fit", "tables",
-    "figures"} (tables and figures by file name)."""
+    "figures"} (tables and figures by file name). ``download``: as ``lib.data.load_cifar10``'s, when the data
+    folder holds no CIFAR-10."""
     from . import plots
     from .predict import _softmax_passes
 
     dev = resolve_device(device)
-    model, ckpt, splits = _load(checkpoint, data_dir, dev)
+    model, ckpt, splits = _load(checkpoint, data_dir, dev, download)
     norm, names = ckpt["normalization"], list(splits.label_names)
     labels = np.asarray(splits.val_y)
 
@@ -278,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--severities", type=_severity_list, default="1,2,3,4,5", help="comma list of 1..5")
     p.add_argument("--no-tta", dest="tta", action="store_false", help="skip the flipped pass (no accuracy_tta)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the official CIFAR-10 archive (MD5-checked) when the data folder holds none")
     p.add_argument("--seed", type=int, default=0, help="seeds the corruptions and the temperature-fitting half")
     p.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
     args = p.parse_args(argv)
@@ -288,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_device(args.device)  # a bad --device fails before any file is read
 
     result = analyze(args.checkpoint, args.data_dir, args.corruptions, args.severities, tta=args.tta,
-                     device=args.device, seed=args.seed, batch_size=args.batch_size)
+                     device=args.device, seed=args.seed, batch_size=args.batch_size, download=args.download)
     written = write_analysis(result, args.out)
     m = result["metrics"]
     print(f"{m['model']} epoch {m['checkpoint_epoch']} on {m['data']}")

@@ -274,10 +274,14 @@ def _catch_up(run_dir: Path, ckpt: dict[str, Any]) -> None:
 
 
 def _show_progress(cfg: RunConfig) -> bool:
-    """Bars on a terminal or in a notebook (tqdm.auto draws a widget); redirected to a log, one line an epoch."""
+    """Bars on a terminal or in a notebook (tqdm.auto draws a widget); redirected to a log, one line an epoch.
+
+    A notebook's shell is ipykernel's ZMQInteractiveShell or a subclass of it (Colab's google.colab._shell.Shell),
+    found by name along the class's MRO so that ipykernel is not imported here."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
-    return cfg.progress and (sys.stderr.isatty() or type(shell).__name__ == "ZMQInteractiveShell")
+    in_notebook = any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__)
+    return cfg.progress and (sys.stderr.isatty() or in_notebook)
 
 
 # ----------------------------------------------------------------------------------------------------

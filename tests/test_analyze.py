@@ -197,6 +197,26 @@ def test_data_other_than_the_runs_is_refused(run_dir, smoke_root, tmp_path, caps
            capsys, "validated on synthetic data, this split is cifar10 data", out)
 
 
+def test_download_fetches_the_data_a_new_runtime_lacks(run_dir, smoke_root, tmp_path, capsys, monkeypatch):
+    """--download (notebook 06's `download`): the official archive (here a tar.gz of the smoke batches, by file://
+    URL) is fetched into an empty data folder, and the analysis runs on it; without it, one line says how."""
+    import hashlib
+    import tarfile
+
+    import lib.data as data_mod
+
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(smoke_root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(data_mod, "CIFAR10_ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    argv = ["--checkpoint", str(run_dir), "--data-dir", str(tmp_path / "new"), "--corruptions", "none", "--no-tta",
+            "--device", "cpu", "--out"]
+    _fails([*argv, str(tmp_path / "out0")], capsys, "--download", tmp_path / "out0")
+    assert run_cli(main, [*argv, str(tmp_path / "out"), "--download"]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n"] == 40  # the run's 40 validation images
+
+
 def test_a_rerun_replaces_the_files(analysis, run_dir, smoke_root, tmp_path):
     """Into a folder holding an earlier analysis, without corruptions: no stale corruptions.csv survives."""
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ import ast
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,18 +36,18 @@ CI_MODEL = "light_resnet18"
 SMOKE_RUN = f"runs/{CI_MODEL}_smoke"  # the run folder 03 names for the smoke profile; 04 and 05 look for it
 # 03 runs with overrides, so its run gets a folder of its own (one per setting) and the overrides can be checked
 # in it; 04 then finds no SMOKE_RUN and trains it itself, as on a fresh Colab runtime; 05 predicts with that run.
-OVERRIDE_RUN = f"runs/{CI_MODEL}_smoke_epochs1_dropout0.2"
-CHAIN_PARAMS = {"03_training": {"model": CI_MODEL, "epochs": 1, "dropout": 0.2},
+OVERRIDE_RUN = f"runs/{CI_MODEL}_smoke_dropout0.2_epochs1"
+# 03 runs as its header says (on a fresh clone), with the chain's own -p after the header's
+CHAIN_PARAMS = {"03_training": {"model": CI_MODEL, "epochs": 1},
                 "04_results": {"model": CI_MODEL},
                 "05_kaggle_submission": {"model": CI_MODEL},
                 "06_analysis": {"model": CI_MODEL},
                 "07_sweep": {"model": CI_MODEL}}
+TYPO = "02_with_a_typo"  # 02 executed with -p batch_sise 4 (its parameter is batch_size)
 SMOKE_OUT = "scratch/smoke"  # where 04 and 05 put a smoke report and submission (never figures/ or report/)
 TIMEOUT = 900  # seconds per subprocess: generous for a loaded 2-core CI machine
-# what notebook 03 must expose, named like the `python -m lib.train` options
-TRAINING_PARAMETERS = {"model", "profile", "epochs", "dropout", "base_channels", "blocks_per_group", "kernel_size",
-                       "batch_size", "lr", "warmup_epochs", "label_smoothing", "mix_prob", "augment", "seed",
-                       "data_dir", "run_name", "resume"}
+# what notebook 03 adds to the RunConfig settings (every one of which it exposes, named as in `python -m lib.train`)
+NOTEBOOK_03_ONLY = {"runs_dir", "run_name"}
 # values a parameters cell may read from the environment (for tools that cannot inject parameters)
 FROM_ENVIRONMENT = {"profile": ("CIFAR_PROFILE", "paper"), "model": ("CIFAR_MODEL", "robust_resnet64")}
 
@@ -67,6 +68,10 @@ def parameters(nb) -> dict[str, ast.expr]:
     assert len(tagged) == 1, "exactly one cell tagged `parameters` (papermill injects after it)"
     values = {}
     for stmt in ast.parse(tagged[0].source).body:
+        if isinstance(stmt, ast.AnnAssign):  # `widths: list[int] = None`: a list, also as a comma string
+            assert ast.unparse(stmt.annotation).startswith("list"), ast.unparse(stmt)
+            values[stmt.target.id] = stmt.value
+            continue
         assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.unparse(stmt)
         values[stmt.targets[0].id] = stmt.value
     return values
@@ -103,13 +108,15 @@ def test_parameters_are_plain_literals(name):
             ast.literal_eval(value)  # raises on anything but a literal
 
 
-def test_training_parameters_are_named_like_the_cli():
+def test_training_parameters_are_every_run_config_setting():
+    """Every RunConfig setting is a parameter of 03 (papermill -p NAME VALUE), None by default (the profile's
+    value), but for the profile and model (from the environment), download and resume ("auto")."""
     params = parameters(read("03_training"))
-    assert TRAINING_PARAMETERS <= set(params)
     run_config = {f.name for f in fields(RunConfig)}
-    assert set(params) - {"run_name", "runs_dir"} <= run_config, "03's parameters must be RunConfig settings"
-    # None = the profile's value; the model default is the report's best
-    assert all(ast.literal_eval(params[k]) is None for k in TRAINING_PARAMETERS - {"model", "profile"})
+    assert set(params) == run_config | NOTEBOOK_03_ONLY
+    defaults = {k: ast.literal_eval(v) for k, v in params.items() if k not in FROM_ENVIRONMENT}
+    assert defaults.pop("download") is True and defaults.pop("resume") == "auto" and defaults.pop("runs_dir") == "runs"
+    assert set(defaults.values()) == {None}
 
 
 @pytest.mark.parametrize("name", CHAIN)
@@ -126,23 +133,44 @@ def test_notebooks_are_thin(name):
                 assert not (module or "").startswith(("torch.nn", "torch.optim", "torchvision")), f"{name}: {module}"
 
 
-def test_first_cell_does_nothing_outside_colab(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in CHAIN:
-        namespace = {}
-        exec(cell(read(name), "colab"), namespace)
-        assert "REPO_URL" in namespace and namespace["USE_DRIVE"] is False
-        assert Path.cwd() == tmp_path and list(tmp_path.iterdir()) == []
+def kaggle_cell_namespace(tmp_path: Path, **extra) -> dict:
+    """What 05's upload cell reads from the cells before it, for a checkpoint trained on CIFAR-10."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from lib.common import UserError
+
+    return {"shlex": shlex, "shutil": shutil, "subprocess": subprocess, "Path": Path, "UserError": UserError,
+            "ckpt": {"model_config": {"name": "robust_resnet64"}, "epoch": 300}, "checkpoint": "runs/r64/best.pt",
+            "tta": True, "competition": "some-competition", "submission_file": tmp_path / "submission.csv",
+            "message": None, "data": {"source": "cifar10"}, "submit": True, **extra}
 
 
-def test_setup_cell_finds_the_repository_root(monkeypatch):
-    """Jupyter starts kernels in notebooks/, papermill wherever it was called: both end up at the root."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for start in (REPO / "notebooks", REPO / "lib"):
-        monkeypatch.chdir(start)
-        namespace = {}
-        exec(cell(read("03_training"), "setup"), namespace)
-        assert namespace["ROOT"] == REPO and Path.cwd() == REPO and str(REPO) in sys.path
+def fake_kaggle(tmp_path: Path, monkeypatch, script: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kaggle").write_text("#!/bin/sh\n" + script)
+    (bin_dir / "kaggle").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_kaggle_upload_shows_the_clis_own_answer(tmp_path, monkeypatch, capsys):
+    """05 leaves the login to the kaggle CLI (whatever form it accepts) and shows what it says; a refusal is one
+    line with its exit code, the CLI's message above it."""
+    from lib.common import UserError
+
+    upload = code_cells(read("05_kaggle_submission"))[-1].source
+    fake_kaggle(tmp_path, monkeypatch, 'echo "$@"; echo "401 - Unauthorized" >&2; exit 1\n')
+    with pytest.raises(UserError, match="exit code 1"):
+        exec(upload, kaggle_cell_namespace(tmp_path))
+    out = capsys.readouterr().out
+    assert "401 - Unauthorized" in out and "competitions submit -c some-competition" in out
+    (tmp_path / "bin" / "kaggle").write_text('#!/bin/sh\necho "Successfully submitted to some-competition"\n')
+    exec(upload, kaggle_cell_namespace(tmp_path))
+    assert "Successfully submitted" in capsys.readouterr().out
+    exec(upload, kaggle_cell_namespace(tmp_path, submit=False))
+    assert "to upload, set submit = True or run:" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -164,27 +192,46 @@ def smoke_env(**extra: str) -> dict[str, str]:
     return {**env, "CIFAR_PROFILE": "smoke", "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
-def papermill(clone: Path, name: str, out_dir: Path, env: dict[str, str], **params) -> subprocess.CompletedProcess:
+def papermill(clone: Path, name: str, out_dir: Path, env: dict[str, str], out_name: str | None = None,
+              **params) -> subprocess.CompletedProcess:
     """`papermill notebooks/NAME.ipynb OUT -k python3 -p KEY VALUE ...`, as a user types it, from the clone's root."""
-    cmd = [sys.executable, "-m", "papermill", f"notebooks/{name}.ipynb", str(out_dir / f"{name}.ipynb"),
+    cmd = [sys.executable, "-m", "papermill", f"notebooks/{name}.ipynb", str(out_dir / f"{out_name or name}.ipynb"),
            "-k", "python3", "--no-progress-bar"]
     for key, value in params.items():
         cmd += ["-p", key, str(value)]
     return subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
+def header_command(name: str) -> list[str]:
+    """The shell lines NAME's title cell gives under "Rerun with other settings" (03: mkdir, then papermill)."""
+    title = read(name).cells[0].source.split("**Rerun with other settings**")[1]
+    return [line.strip() for line in title.splitlines() if line.startswith("    ")]
+
+
+def papermill_as_in_header(clone: Path, name: str, env: dict[str, str], **params) -> tuple[Path, subprocess.CompletedProcess]:
+    """NAME's own header command, run by a shell in the clone, with the chain's -p after the header's (papermill: the
+    last value wins). Returns the executed notebook's path and the result."""
+    mkdir, command = header_command(name)[:2]
+    out = clone / shlex.split(command)[2]
+    extra = " ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in params.items())
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "-c", f"{mkdir} && {command} --no-progress-bar {extra}"], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    return out, proc
+
+
 class Chain:
     """The clone the chain ran in, and each notebook's papermill result."""
 
     def __init__(self, clone: Path, out_dir: Path):
-        self.clone, self.out_dir, self.results = clone, out_dir, {}
+        self.clone, self.out_dir, self.results, self.paths = clone, out_dir, {}, {}
 
     def executed(self, name: str) -> nbformat.NotebookNode:
         """NAME's executed notebook; fails the calling test with papermill's output if NAME's execution failed."""
         proc = self.results[name]
         if proc.returncode != 0:
             pytest.fail(f"papermill {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-        return nbformat.read(self.out_dir / f"{name}.ipynb", as_version=4)
+        return nbformat.read(self.paths.get(name, self.out_dir / f"{name}.ipynb"), as_version=4)
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +243,14 @@ def chain(tmp_path_factory) -> Chain:
     result.out_dir.mkdir()
     env = smoke_env()
     for name in CHAIN:
-        result.results[name] = papermill(result.clone, name, result.out_dir, env, **CHAIN_PARAMS.get(name, {}))
+        if name == "03_training":  # the command its header gives, which must work on a fresh clone
+            result.paths[name], result.results[name] = papermill_as_in_header(result.clone, name, env,
+                                                                              **CHAIN_PARAMS[name])
+        else:
+            result.results[name] = papermill(result.clone, name, result.out_dir, env, **CHAIN_PARAMS.get(name, {}))
+    # and a -p name 02 does not have: papermill itself only warns
+    result.results[TYPO] = papermill(result.clone, "02_architectures", result.out_dir, env, out_name=TYPO,
+                                     batch_sise=4)
     return result
 
 
@@ -218,8 +272,23 @@ def test_chain_runs_every_notebook(chain, name):
 
 
 @chain_check
+def test_an_unknown_parameter_stops_papermill_before_anything_runs(chain):
+    """papermill -p batch_sise 4: papermill warns and injects it; the notebook stops at the injected cell with one
+    line naming batch_size, and no cell after it ran."""
+    proc = chain.results[TYPO]
+    assert proc.returncode != 0
+    executed = nbformat.read(chain.out_dir / f"{TYPO}.ipynb", as_version=4)
+    cells = code_cells(executed)
+    injected = next(i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", []))
+    [error] = [o for o in cells[injected].outputs if o.output_type == "error"]
+    assert error.traceback == [f"UserError: {error.evalue}"] and "did you mean batch_size?" in error.evalue
+    assert all(c.execution_count is None and not c.outputs for c in cells[injected + 1:])
+
+
+@chain_check
 def test_overrides_reach_the_run(chain):
-    """`papermill 03_training.ipynb out.ipynb -p epochs 1 -p dropout 0.2`: the run's config.json shows both."""
+    """03's header command (`mkdir -p scratch && papermill ... -p epochs 5 -p dropout 0.2`) on a fresh clone, with
+    the chain's -p epochs 1 after it: the run's config.json shows both settings."""
     text = stream_text(chain.executed("03_training"))
     assert "epoch   1/1" in text
     assert "\r" not in text and "it/s" not in text  # headless: no progress bars in the output

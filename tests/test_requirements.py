@@ -1,15 +1,13 @@
 """requirements.txt holds only what lib/ and the notebooks import, and Colab already has all of it: the notebooks'
-Colab cell installs only what is missing and never changes a preinstalled package."""
+set-up (lib.notebook) installs only what is missing and never changes a preinstalled package."""
 from __future__ import annotations
 
 import ast
 import importlib.metadata
 import sys
-import types
 from pathlib import Path
 
 import nbformat
-import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -31,7 +29,7 @@ COLAB_PINNED = {"ipykernel": "6.17.1", "ipython": "7.34.0", "notebook": "6.5.7",
 INDIRECT = {"tabulate", "jinja2", "seaborn"}
 # Always there where a notebook runs (the kernel itself, Colab's own modules), never installed by us; kornia,
 # which only `python -m lib.bench --kornia` imports, as an optional comparison; and Ray, which only lib.sweep and
-# notebook 07 import (tests/requirements.txt has it; 07's Colab cell installs it): training never needs it.
+# notebook 07 import (tests/requirements.txt has it; 07's set-up installs it on Colab): training never needs it.
 NOT_REQUIRED = {"IPython", "google", "kornia"}
 OPTIONAL = {"ray"}
 
@@ -70,7 +68,7 @@ def test_runtime_requirements_are_exactly_what_lib_and_the_notebooks_use():
 
 
 def test_optional_packages_are_development_requirements_only():
-    """Ray: in tests/requirements.txt (make venv, CI), not in requirements.txt (every Colab cell would install it)."""
+    """Ray: in tests/requirements.txt (make venv, CI), not in requirements.txt (every notebook's set-up would install it on Colab)."""
     development = {canonicalize_name(r.name) for r in requirements(REPO / "tests" / "requirements.txt")}
     runtime = {canonicalize_name(r.name) for r in requirements(REPO / "requirements.txt")}
     assert OPTIONAL <= development and not OPTIONAL & runtime
@@ -82,7 +80,7 @@ def test_requirements_admit_colabs_preinstalled_versions():
     for req in requirements(REPO / "requirements.txt"):
         name = canonicalize_name(req.name)
         assert req.marker is None or req.marker.evaluate(environment), f"{req}: not for Python {COLAB_PYTHON}"
-        assert name in COLAB, f"{req}: not preinstalled on Colab, so the Colab cell would install it"
+        assert name in COLAB, f"{req}: not preinstalled on Colab, so the notebooks' set-up would install it"
         assert req.specifier.contains(COLAB[name], prereleases=True), f"{req} rejects Colab's {name} {COLAB[name]}"
         assert name not in COLAB_PINNED, f"{req}: a package Colab pins for its kernel"
 
@@ -99,58 +97,28 @@ def test_development_tools_are_apart():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The notebooks' first cell, run as on Colab (google.colab faked, pip and Drive recorded)
+# What lib.notebook.setup() installs on Colab (tests/test_notebook_setup.py runs the first cells themselves)
 # --------------------------------------------------------------------------------------------------------------
-def run_colab_cell(notebook: str, clone: Path, drive_root: Path, installed: dict[str, str], monkeypatch) -> dict:
-    """Execute the notebook's `colab` cell in ``clone`` as Colab would, with ``installed`` as its packages."""
-    source = next(c.source for c in nbformat.read(REPO / "notebooks" / f"{notebook}.ipynb", as_version=4).cells
-                  if c.get("id") == "colab")
-    assert source.count('DRIVE = "/content/drive"') == 1
-    source = source.replace('DRIVE = "/content/drive"', f"DRIVE = {str(drive_root)!r}")
-    calls = {"pip": [], "mount": []}
-    colab = types.ModuleType("google.colab")
-    colab.drive = types.SimpleNamespace(mount=lambda path: calls["mount"].append(path))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-
+def colab_version(installed: dict[str, str]):
     def version(name):
         if canonicalize_name(name) not in installed:
             raise importlib.metadata.PackageNotFoundError(name)
         return installed[canonicalize_name(name)]
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
-    monkeypatch.setattr("subprocess.run", lambda cmd, **kw: calls["pip"].append(cmd))
-    monkeypatch.chdir(clone)
-    exec(source, {})
-    return calls
+    return version
 
 
-@pytest.fixture
-def clone(tmp_path) -> Path:
-    (tmp_path / "clone" / "lib").mkdir(parents=True)
-    (tmp_path / "clone" / "requirements.txt").write_text((REPO / "requirements.txt").read_text())
-    return tmp_path / "clone"
+def test_setup_installs_nothing_on_colab():
+    from lib.notebook import missing_requirements
+
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    assert missing_requirements(lines, colab_version({**COLAB, **COLAB_PINNED})) == ([], [])
 
 
-def test_colab_cell_installs_nothing_on_colab_and_puts_runs_on_drive(clone, tmp_path, monkeypatch, capsys):
-    calls = run_colab_cell("03_training", clone, tmp_path / "drive", {**COLAB, **COLAB_PINNED}, monkeypatch)
-    assert calls["pip"] == [], "everything is preinstalled: no pip run at all"
-    assert calls["mount"] == [str(tmp_path / "drive")]  # on by default on Colab: 04 and 05 find 03's runs there
-    drive_runs = tmp_path / "drive" / "MyDrive" / "cifar10-resnets" / "runs"
-    assert (clone / "runs").is_symlink() and (clone / "runs").resolve() == drive_runs.resolve()
-    assert "note:" not in capsys.readouterr().out
+def test_setup_installs_only_what_is_missing_and_says_what_it_leaves():
+    from lib.notebook import missing_requirements
 
-
-def test_colab_cell_installs_only_what_is_missing_and_never_upgrades(clone, tmp_path, monkeypatch, capsys):
     colab = {**COLAB, "numpy": "1.23.5"}  # older than requirements.txt asks: reported, left alone
     del colab["seaborn"]
-    calls = run_colab_cell("04_results", clone, tmp_path / "drive", colab, monkeypatch)
-    [pip] = calls["pip"]
-    assert pip[:5] == [sys.executable, "-m", "pip", "install", "-q"] and pip[5:] == ["seaborn>=0.13"]
-    assert not {"-U", "--upgrade", "--force-reinstall"} & set(pip)
-    assert "note: Colab has numpy 1.23.5" in capsys.readouterr().out
-
-
-def test_notebooks_without_runs_do_not_ask_for_drive(clone, tmp_path, monkeypatch):
-    for name in ("01_data_exploration", "02_architectures"):
-        calls = run_colab_cell(name, clone, tmp_path / "drive", COLAB, monkeypatch)
-        assert calls == {"pip": [], "mount": []} and not (clone / "runs").exists()
+    missing, notes = missing_requirements((REPO / "requirements.txt").read_text().splitlines(), colab_version(colab))
+    assert missing == ["seaborn>=0.13"]
+    assert notes == ["note: this runtime has numpy 1.23.5, requirements.txt asks for >=1.24"]
