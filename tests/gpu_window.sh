@@ -2,9 +2,10 @@
 # The GPU window: one call on a machine with one CUDA GPU and its own python3 (torch, torchvision, pandas, pytest;
 # no network), at most WINDOW_MINUTES (8.5) in all:
 #
-#   1. data    CIFAR-10 in DATA, else converted there from the JPEG tarballs in .carry/       (~20 s)
-#   2. tests   pytest -m "cuda and not compile" tests/test_cuda.py                           (at most TESTS_SECONDS, 120)
-#   3. bench   python -m lib.bench for robust_resnet64 and light_resnet18, solo epoch on DATA (at most BENCH_SECONDS, 90)
+#   1. data    CIFAR-10 in DATA, else converted there from the JPEG tarballs in .carry/ (~20 s)
+#   2. tests   pytest -m "cuda and not compile" tests/test_cuda.py (at most TESTS_SECONDS, 120 s)
+#   3. bench   python -m lib.bench for robust_resnet64 and light_resnet18, its solo epoch on DATA (at most
+#              BENCH_SECONDS, 90 s)
 #   4. train   robust_resnet64, paper profile, its 300-epoch schedule, --time-limit for what is left: epochs 1..N,
 #              to hold against the original run's log
 #
@@ -14,9 +15,10 @@
 # Before the call, on the machine with the project's shared data folder:
 #     make gpu-prepare SHARED_DATA=<folder holding cifar10-train-jpeg.tar.gz and cifar10-test-jpeg.tar.gz>
 # copies the two tarballs and the converter (tools/cifar10_from_jpeg.py beside that folder) into .carry/
-# (git-ignored, about 20 MB). Then the device tool's call, which leaves a minute for the start and the transfers
-# inside its 10-minute limit:
+# (git-ignored, about 20 MB). Then the device tool's call, from that checkout:
 #     run(command="bash tests/gpu_window.sh", carry=[".carry"], timeout_s=570)
+# The script ends within its 8.5 minutes; timeout_s leaves one more under the tool's 10-minute cap. The machine's
+# start (a minute or two) and the transfers count against the 15 minutes of device time, not against timeout_s.
 #
 # $OUT (the tool's limits: at most 8 files, 2 folders deep) receives window.log (this script's whole output),
 # tests/pytest.log, bench/bench.json, bench/bench.log, train/config.json, train/history.csv, train/train.log.

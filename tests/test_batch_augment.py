@@ -452,7 +452,7 @@ def test_augmentation_ops_per_step_are_at_most_5_percent_of_the_model_step():
     train_step(model, xb, soft, optimizer, scheduler, criterion, None, torch.bfloat16)  # optimizer state made
     with AtenOps() as step_ops:
         train_step(model, xb, soft, optimizer, scheduler, criterion, None, torch.bfloat16)
-    assert step_ops.count > 1000  # ~1,200: 62 convolutions, their backward, BN, casts, the optimizer
+    assert step_ops.count > 1000  # ~1,200: 62 weight layers forward and backward, BN, casts, the optimizer
 
     n = 16_384  # one CUDA chunk
     loader = make_train_loader(cfg, np.zeros((n, 32, 32, 3), np.uint8), np.zeros(n, np.int64), MEAN, STD, "meta",
