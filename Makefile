@@ -30,7 +30,7 @@ SWEEP_OUT     := $(if $(filter smoke,$(SWEEP_PROFILE)),$(SMOKE_OUT)/,)
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
-.PHONY: venv test smoke reproduce sweep lab bench clean colab-links gpu-check gpu-dry-run gpu-prepare
+.PHONY: venv test smoke reproduce sweep lab bench clean colab-links gpu-check gpu-dry-run gpu-prepare gpu-window
 
 venv: $(VENV)/.installed
 
@@ -112,6 +112,11 @@ gpu-dry-run:
 		GPU_OUT=$(SCRATCH)/gpu-dry-run GPU_DATA=data/smoke \
 		GPU_ARGS="--profile smoke --train-size 32 --val-size 20 --models light_resnet18 robust_resnet64 \
 		--train-args '--base-channels 8 --batch-size 16'"
+
+# One short GPU window in one call (tests/gpu_window.sh: CUDA tests, benchmark, robust_resnet64 for what is left of
+# 8.5 minutes, every stage's files in $OUT as it ends), with the machine's own python3.
+gpu-window:
+	bash tests/gpu_window.sh
 
 # Copy the two CIFAR-10 JPEG tarballs and their converter into .carry/ (git-ignored) for a GPU machine without
 # network: make gpu-prepare SHARED_DATA=folder-with-the-tarballs [CONVERTER=path/to/cifar10_from_jpeg.py]

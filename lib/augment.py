@@ -3,8 +3,9 @@ says which augmentations are on):
 
 - per-sample (``train_transform``, here): torchvision.transforms.v2 on one image (PIL or uint8 CHW tensor), run
   by a DataLoader ("torchvision" loader, what the report used);
-- batched (``lib.batch_augment.BatchAugment``): the same operations on a whole uint8 NCHW batch on any device,
-  with independent random parameters per image ("device" loader: the data never waits on the CPU).
+- batched (``lib.batch_augment.BatchAugment``): the same operations on uint8 NCHW images on any device, with
+  independent random parameters per image ("device" loader: thousands of images per call, batches sliced from
+  them; the data never waits on the CPU).
 
 ``BatchMix`` (MixUp/CutMix with probability ``cfg.mix_prob``, soft targets) serves both loaders.
 All randomness comes from torch's global RNGs, so ``torch.manual_seed(s)`` before an epoch replays the epoch.
@@ -183,17 +184,28 @@ class TorchvisionLoader:
                    soft.to(self.device, non_blocking=True))
 
 
+def default_chunk_images(device: torch.device | str) -> int:
+    """Images the device loader augments per ``BatchAugment`` call. On a GPU a call costs its ~600-1,000 kernel
+    launches whatever the count, so 16,384 images (128 batches of 128) spread them to a few per training step;
+    its temporaries peak near 80 KiB per image (1.3 GB), which a 16 GB T4 holds beside the model. On the CPU a
+    chunk that stays in cache is fastest: 512 images were never slower than batches of 128, and chunks of a few
+    thousand were (report/benchmarks.md)."""
+    return 512 if torch.device(device).type == "cpu" else 16_384
+
+
 class DeviceLoader:
     """The whole training set resident on the device as uint8 NCHW (channels_last); each epoch a randperm on the
-    device, batches sliced from it, BatchAugment + BatchMix on the device. No per-sample Python, no host syncs."""
+    device; BatchAugment on a chunk of thousands of images at a time (each image its own random parameters, as
+    batch by batch), batches sliced from the chunk, BatchMix per batch. No per-sample Python, no host syncs."""
 
-    def __init__(self, cfg: RunConfig, x, y, mean, std, device):
+    def __init__(self, cfg: RunConfig, x, y, mean, std, device, chunk_images: int | None = None):
         self.device = torch.device(device)
         self.memory_format = (torch.channels_last if resolve_channels_last(cfg.channels_last, self.device)
                               else torch.contiguous_format)
         self.x = _to_device_nchw(x, self.device)
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
         self.batch_size = min(cfg.batch_size, len(self.y))
+        self.chunk_images = chunk_images or default_chunk_images(self.device)
         self.augment = BatchAugment(cfg, mean, std)
         self.mix = BatchMix(cfg)
 
@@ -202,10 +214,21 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.y), device=self.device)
-        for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
-            xb, soft = self.mix(self.augment(self.x[idx]), self.y[idx])
-            yield xb.contiguous(memory_format=self.memory_format), soft
+        return self.batches(order[:len(self) * self.batch_size], self.batch_size)
+
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of ``batch_size`` images in ``order`` (indices on the device; whole batches), augmented a chunk
+        of about ``chunk_images`` (whole batches) at a time; torchrun's ShardedLoader passes its rank's order."""
+        per_chunk = max(1, self.chunk_images // batch_size) * batch_size
+        for start in range(0, len(order), per_chunk):
+            idx = order[start:start + per_chunk]
+            # one layout change per chunk: slices along N of a channels_last chunk stay channels_last
+            chunk = self.augment(self.x[idx]).contiguous(memory_format=self.memory_format)
+            labels = self.y[idx]
+            for b in range(0, len(idx), batch_size):
+                xb, soft = self.mix(chunk[b:b + batch_size], labels[b:b + batch_size])
+                yield xb.contiguous(memory_format=self.memory_format), soft
+            del chunk, labels  # before the next chunk is made: one chunk in memory at a time
 
 
 class EvalLoader:

@@ -8,6 +8,9 @@ set of parameters per call, i.e. per batch, and kornia's RandAugment picks its o
 RNG, so ``torch.manual_seed`` replays it); ``BatchAugment.apply`` is deterministic given those parameters, as
 torchvision.transforms.v2's ``make_params`` / ``transform``.
 
+The device loader (``lib.augment.DeviceLoader``) calls it on thousands of images at a time: the cost of a call is
+its ~600-1,000 kernel launches, nearly independent of the batch size on a GPU (report/benchmarks.md).
+
 Order: crop(pad 4) + flip -> colour jitter -> rotation -> RandAugment | AutoAugment -> normalise -> erasing.
 Differences from the per-sample path, all within rounding: values stay float between ops (torchvision rounds
 to uint8 after each), and RandomRotation is composed with the first policy slot's geometric op into a single
@@ -27,8 +30,8 @@ from .policies import (AUTOAUGMENT_BINS, AUTOAUGMENT_CIFAR10, GEOMETRIC, OP, OPS
                        SIGNED_MAX, magnitude, policy_name)
 
 PADDING = 4                    # RandomCrop(32, padding=4): the standard CIFAR crop
-ERASING_SCALE = (0.02, 0.33)   # v2.RandomErasing defaults (area fraction, aspect ratio); value 0 after normalising
-ERASING_RATIO = (0.3, 3.3)
+ERASING_SCALE = (0.02, 0.33)   # v2.RandomErasing defaults (area fraction, aspect ratio); cfg.erasing_max_area
+ERASING_RATIO = (0.3, 3.3)     # replaces the upper end of the area
 ERASING_TRIES = 10             # v2.RandomErasing gives up (erases nothing) after 10 boxes that do not fit
 
 
@@ -211,6 +214,9 @@ class BatchAugment:
             self.policy = None
         self.magnitude = cfg.randaugment_magnitude
         self.erasing_prob = cfg.erasing_prob if "erasing" in ops else 0.0
+        self.erasing_scale = (ERASING_SCALE[0], cfg.erasing_max_area)
+        # "zero": 0 after normalising (v2.RandomErasing(value=0)); "random": per-pixel N(0, 1) (value="random")
+        self.erasing_random = cfg.erasing_value == "random"
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         # constant tensors per device (and image size): a host-to-device copy per batch would be a host sync
         self._consts: dict = {}
@@ -226,7 +232,7 @@ class BatchAugment:
         """Every random draw for batch ``x``, one row per image, on its device; keys only for the ops that are on:
         flip (bool), crop (row/column shift -4..4), jitter (brightness, contrast, saturation factors, hue shift),
         jitter_order, ops / magnitudes (per policy slot: index into OPS, signed magnitude), rotation (degrees),
-        erasing (erase?, top, left, height, width)."""
+        erasing (erase?, top, left, height, width), erasing_noise (N(0, 1) per pixel, with erasing_value "random")."""
         N, _, H, W = x.shape
         dev = x.device
         p: dict[str, torch.Tensor] = {}
@@ -245,6 +251,8 @@ class BatchAugment:
             p["rotation"] = torch.empty(N, device=dev).uniform_(-self.rotation, self.rotation)  # v2.RandomRotation
         if self.erasing_prob > 0:
             p["erasing"] = self._sample_erasing(N, H, W, dev)
+            if self.erasing_random:  # v2.RandomErasing(value="random"): normal_() for each erased value
+                p["erasing_noise"] = torch.randn(N, x.shape[1], H, W, device=dev)
         return p
 
     def _table(self, H: int, W: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -284,7 +292,7 @@ class BatchAugment:
 
     def _sample_erasing(self, N: int, H: int, W: int, dev: torch.device) -> torch.Tensor:
         """v2.RandomErasing's box sampling, vectorised over images and its 10 tries."""
-        area = H * W * torch.empty(N, ERASING_TRIES, device=dev).uniform_(*ERASING_SCALE)
+        area = H * W * torch.empty(N, ERASING_TRIES, device=dev).uniform_(*self.erasing_scale)
         log_ratio = torch.empty(N, ERASING_TRIES, device=dev).uniform_(math.log(ERASING_RATIO[0]),
                                                                        math.log(ERASING_RATIO[1]))
         h = torch.round(torch.sqrt(area * torch.exp(log_ratio)))
@@ -313,7 +321,7 @@ class BatchAugment:
         mean, std = self._const(x.device)
         x = x.sub_(mean).div_(std)  # what F.normalize computes, without its per-call host-to-device copy
         if "erasing" in p:
-            x = self._erase(x, p["erasing"])
+            x = self._erase(x, p["erasing"], p.get("erasing_noise"))
         return x
 
     def _const(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,10 +350,13 @@ class BatchAugment:
         return padded.gather(1, index.flatten(1)).view(N, C, H, W)
 
     @staticmethod
-    def _erase(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    def _erase(x: torch.Tensor, box: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         N, _, H, W = x.shape
         erase, top, left, h, w = (v.view(N, 1, 1) for v in box.unbind(1))
         rows = torch.arange(H, device=x.device).view(1, H, 1)
         cols = torch.arange(W, device=x.device).view(1, 1, W)
         inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & (erase > 0)
-        return x.masked_fill(inside[:, None], 0.0)
+        if noise is None:
+            return x.masked_fill(inside[:, None], 0.0)
+        return torch.where(inside[:, None], noise, x)
+

@@ -123,7 +123,9 @@ class RunConfig:
                        default="auto")
     num_workers: Optional[int] = _opt("DataLoader workers for the torchvision loader (auto if unset)",
                                       default=None)
-    compile: bool = _opt("torch.compile the model (off by default)", default=False)
+    compile: bool = _opt("torch.compile the model's forward and backward (off by default)", default=False)
+    cuda_graphs: bool = _opt("with --compile on CUDA: replay each step as CUDA graphs (inductor's "
+                             "reduce-overhead mode)", default=False)
     sync_bn: bool = _opt("SyncBatchNorm: batch statistics over all torchrun processes (several processes only)",
                          default=False)
     # auto: on CUDA only (lib.augment.resolve_channels_last says why not on the CPU)
@@ -195,6 +197,7 @@ class RunConfig:
         need(self.val_size is None or self.val_size >= 10, "val_size", "must be >= 10 (one per class)")
         need(self.loader in ("auto", "torchvision", "device"), "loader", "expected auto, torchvision or device")
         need(self.num_workers is None or self.num_workers >= 0, "num_workers", "must be >= 0")
+        need(not self.cuda_graphs or self.compile, "cuda_graphs", "needs --compile")
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
              "device", "expected auto, cpu, cuda or cuda:N")

@@ -131,22 +131,26 @@ class ShardedLoader:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(_num_samples(self.loader), generator=g)
 
+    def rank_order(self) -> torch.Tensor:
+        """This rank's indices for the whole epoch: slice ``rank`` of every global batch, one after another."""
+        steps = len(self)
+        return self.order()[:steps * self.global_batch].view(steps, self.world_size, self.local)[:, self.rank].flatten()
+
     def local_indices(self) -> Iterator[torch.Tensor]:
-        order = self.order()
-        for k in range(len(self)):
-            start = k * self.global_batch + self.rank * self.local
-            yield order[start:start + self.local]
+        """This rank's batches of the epoch, one index tensor each."""
+        return iter(self.rank_order().split(self.local))
 
     def __len__(self) -> int:
         return _num_samples(self.loader) // self.global_batch  # drop_last, as the one-process loaders
 
     def __iter__(self):
         if isinstance(self.loader, DeviceLoader):
-            base = self.loader  # DeviceLoader.__iter__ on this rank's indices
-            for idx in self.local_indices():
-                idx = idx.to(base.device)
-                xb, soft = base.mix(base.augment(base.x[idx]), base.y[idx])
-                yield xb.contiguous(memory_format=base.memory_format), soft
+            # the epoch's order goes to the device in one copy (pinned, so it need not wait for the GPU), and the
+            # rank's batches are sliced there, augmented a chunk at a time as in one process
+            order = self.rank_order()
+            if self.loader.device.type == "cuda":
+                order = order.pin_memory()
+            yield from self.loader.batches(order.to(self.loader.device, non_blocking=True), self.local)
         else:
             yield from self.loader
 

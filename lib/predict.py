@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from torchvision.transforms.v2 import functional as F
 
-from .augment import eval_transform
+from .augment import resolve_channels_last
 from .checkpoint import load_model
 from .common import ArgumentParser, UserError, amp_dtype, atomic_path, resolve_device, run_cli
 from .config import RunConfig
@@ -45,7 +46,12 @@ def _softmax_passes(model: nn.Module, images: np.ndarray, mean, std, flips: tupl
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    normalise = eval_transform(mean, std)  # the validation transform of training; v2 takes a whole NCHW batch
+    # the validation transform of training (lib.augment.EvalLoader's arithmetic), its constants on the device
+    # once: F.normalize would copy them from Python lists on every batch, a host sync on CUDA
+    mean_t, std_t = (torch.tensor([float(v) for v in values], device=device).view(1, -1, 1, 1)
+                     for values in (mean, std))
+    memory_format = torch.channels_last if resolve_channels_last(None, device) else torch.contiguous_format
+    model.to(memory_format=memory_format)  # NHWC on CUDA, as in training; the weights' values are unchanged
     dtype = amp_dtype(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     model.eval()
@@ -53,7 +59,8 @@ def _softmax_passes(model: nn.Module, images: np.ndarray, mean, std, flips: tupl
     with torch.inference_mode(), autocast:
         for start in range(0, len(images), batch_size):
             x = torch.tensor(images[start:start + batch_size]).to(device)  # a copy: pickled arrays may be read-only
-            x = normalise(x.permute(0, 3, 1, 2))
+            x = F.to_dtype(x.permute(0, 3, 1, 2), torch.float32, scale=True).sub_(mean_t).div_(std_t)
+            x = x.contiguous(memory_format=memory_format)
             for out, flip in zip(outs, flips):
                 logits = model(x.flip(3) if flip else x)  # dim 3 = width: a horizontal flip
                 out.append(torch.softmax(logits.float(), dim=1))

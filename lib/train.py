@@ -50,8 +50,8 @@ from .smoke_data import ensure_smoke_data
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "train_acc_dominant", "val_loss", "val_acc",
                   "best_val_acc", "epoch_seconds")
 # Settings that may differ when resuming: they change how the run executes, not what it computes.
-RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "download", "data_dir",
-                     "stop_after_epochs", "time_limit"}
+RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "cuda_graphs", "download",
+                     "data_dir", "stop_after_epochs", "time_limit"}
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
 
 
@@ -63,8 +63,41 @@ class DivergedError(UserError):
 # The recipe's pieces (also used by lib.bench, so the benchmark times exactly what training runs)
 # ----------------------------------------------------------------------------------------------------
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                           weight_decay=cfg.weight_decay)
+    """SGD-Nesterov. On CUDA the fused kernel: one launch for every parameter, and under fp16 it reads
+    GradScaler's scale and inf flag on the device (foreach SGD makes GradScaler.step wait for the host each step);
+    elsewhere foreach."""
+    params = list(model.parameters())
+    fused = params[0].device.type == "cuda"
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                                weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
+    if fused and cfg.momentum > 0:
+        # Fused SGD's first step fills its new momentum buffers (torch.empty_like) only if it runs: a step
+        # GradScaler skips (inf in fp16, common at the start) would leave them uninitialised. Zeros first give
+        # the same first step (0.9 * 0 + g = g) and leave a skipped one harmless.
+        for p in params:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
+
+
+def compile_model(model: nn.Module, cuda_graphs: bool = False) -> nn.Module:
+    """torch.compile for the training step: the forward graph and, through AOTAutograd, its backward, both by
+    inductor. Static shapes (every training batch has the same size: drop_last). ``cuda_graphs``: inductor's
+    "reduce-overhead" mode replays each step as CUDA graphs (CUDA only)."""
+    compiled = torch.compile(model, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+    return _CudaGraphSteps(compiled) if cuda_graphs else compiled
+
+
+class _CudaGraphSteps(nn.Module):
+    """Marks each call as a new step (torch.compiler.cudagraph_mark_step_begin): the graphs may then reuse the
+    previous step's output memory, which the training loop has finished reading by then."""
+
+    def __init__(self, compiled: nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x):
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(x)
 
 
 def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -263,8 +296,13 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     started = time.monotonic()  # --time-limit counts from here
     cfg.validate()
     device = resolve_device(cfg.device)  # every setting is checked before any file is touched
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise UserError(f"--cuda-graphs: needs a CUDA device (this run is on {device.type})")
     run_dir = Path(cfg.out)
     ctx = distributed.setup(cfg.device, cfg.sync_bn)  # under torchrun: this process's rank; else rank 0 of 1
+    if cfg.cuda_graphs and ctx.active:  # DDP's gradient all-reduce runs inside the backward pass
+        ctx.close()
+        raise UserError("--cuda-graphs: one process only (not under torchrun)")
     if not ctx.is_main:  # rank 0 alone holds and writes the run folder and shows progress
         cfg = dataclasses.replace(cfg, progress=False)
     try:
@@ -281,6 +319,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every training shape is fixed (drop_last): autotune once per shape
 
     # --- data -------------------------------------------------------------------------------------
     if cfg.profile == "smoke":
@@ -304,7 +344,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
     scheduler = make_scheduler(cfg, optimizer, len(train_loader))
     criterion = make_criterion(cfg)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None  # bf16 needs no scaling
-    step_model = torch.compile(step_model) if cfg.compile else step_model  # checkpoints save `model`
+    if cfg.compile:  # checkpoints and evaluation use `model` itself
+        step_model = compile_model(step_model, cuda_graphs=cfg.cuda_graphs)
 
     history: list[dict[str, Any]] = []
     best_val_acc, best_epoch, start_epoch = 0.0, 0, 0

@@ -1,100 +1,133 @@
 #!/usr/bin/env bash
-# One short GPU window in two calls, on a machine with one CUDA GPU, its system python3 (torch, torchvision,
-# pandas, pytest) and no network:
+# The GPU window: one call on a machine with one CUDA GPU and its own python3 (torch, torchvision, pandas, pytest;
+# no network), at most WINDOW_MINUTES (8.5) in all:
 #
-#   bash tests/gpu_window.sh call1   # CUDA tests, lib.bench, one epoch of each model to size the schedule
-#                                    # (~4 min; at most 20 s data + 160 s tests + 160 s bench + MEASURE_MINUTES)
-#   bash tests/gpu_window.sh call2   # Table-1 runs + the loader A/B, inside GPU_MINUTES (default 6.5)
+#   1. data    CIFAR-10 in DATA, else converted there from the JPEG tarballs in .carry/ (~20 s)
+#   2. tests   pytest -m "cuda and not compile" tests/test_cuda.py (at most TESTS_SECONDS, 120 s)
+#   3. bench   python -m lib.bench for robust_resnet64 and light_resnet18, its solo epoch on DATA (at most
+#              BENCH_SECONDS, 90 s)
+#   4. train   robust_resnet64, paper profile, its 300-epoch schedule, --time-limit for what is left: epochs 1..N,
+#              to hold against the original run's log
 #
-# Data: CIFAR-10 in DATA (default data/), else converted there from .carry/ (make gpu-prepare puts the two JPEG
-# tarballs and their converter there). call2 plans from .carry/measure.json (call1's, copied back) or, on the same
-# warm machine, from GPU_OUT/measure.json; with neither it measures first, inside its own budget.
-# Results: GPU_OUT (default runs/gpu); when OUT is set, the small files are copied there (at most 8 files).
-# CPU dry run: DEVICE=cpu GPU_MINUTES=3 GPU_ARGS="--profile smoke --train-size 32 --val-size 20" OUT=/tmp/o ...
-set -euo pipefail
+# Each stage copies its results into $OUT as soon as it ends; a failed stage or a missing folder never stops the
+# ones after it. The exit code is 0 only if every stage succeeded.
+#
+# Before the call, on the machine with the project's shared data folder:
+#     make gpu-prepare SHARED_DATA=<folder holding cifar10-train-jpeg.tar.gz and cifar10-test-jpeg.tar.gz>
+# copies the two tarballs and the converter (tools/cifar10_from_jpeg.py beside that folder) into .carry/
+# (git-ignored, about 20 MB). Then the device tool's call, from that checkout:
+#     run(command="bash tests/gpu_window.sh", carry=[".carry"], timeout_s=570)
+# The script ends within its 8.5 minutes; timeout_s leaves one more under the tool's 10-minute cap. The machine's
+# start (a minute or two) and the transfers count against the 15 minutes of device time, not against timeout_s.
+#
+# $OUT (the tool's limits: at most 8 files, 2 folders deep) receives window.log (this script's whole output),
+# tests/pytest.log, bench/bench.json, bench/bench.log, train/config.json, train/history.csv, train/train.log.
+# Without OUT: WORK/out. Run folders and the converted data stay on the machine (WORK, DATA).
+#
+# CPU dry run (tests/test_gpu_runs.py does one): DEVICE=cpu WINDOW_MINUTES=1 DATA=<smoke data> OUT=<folder>
+# TRAIN_ARGS="--train-size 40 --val-size 20 --base-channels 8" bash tests/gpu_window.sh
+# Settings: PY, DEVICE, DATA, WORK, OUT, WINDOW_MINUTES, TESTS_SECONDS, BENCH_SECONDS, BENCH_ARGS, TRAIN_ARGS,
+# TRAIN_RESERVE_SECONDS (kept back from the training's --time-limit for its start and last epoch, default 30).
+set -uo pipefail  # no -e: a failing stage must not stop the others
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 DATA=${DATA:-data}
-GPU_OUT=${GPU_OUT:-runs/gpu}
-GPU_MINUTES=${GPU_MINUTES:-6.5}
-MEASURE_MINUTES=${MEASURE_MINUTES:-2.5}
-GPU_ARGS=${GPU_ARGS:-}
+WORK=${WORK:-runs/window}
+OUT=${OUT:-$WORK/out}
+WINDOW_MINUTES=${WINDOW_MINUTES:-8.5}
+TESTS_SECONDS=${TESTS_SECONDS:-120}
+BENCH_SECONDS=${BENCH_SECONDS:-90}
+BENCH_ARGS=${BENCH_ARGS:-}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+TRAIN_RESERVE_SECONDS=${TRAIN_RESERVE_SECONDS:-30}
 export PYTHONUNBUFFERED=1
-eval "gpu_args=($GPU_ARGS)"  # shell words, so quoted options (--train-args '...') survive
-phase=${1:?usage: tests/gpu_window.sh call1|call2}
-mkdir -p "$GPU_OUT"
-log="$GPU_OUT/$phase.log"
-exec > >(tee -a "$log") 2>&1
-echo "== $phase $(date -u +%FT%TZ) on $(hostname)"
-status=0
+eval "bench_args=($BENCH_ARGS)" && eval "train_args=($TRAIN_ARGS)"  # shell words: quoted options survive
 
-data_args=(--data-dir "$DATA")
-if [[ " $GPU_ARGS " == *" --profile smoke "* ]]; then
-  data_args=()  # the smoke profile's own synthetic data
-elif [[ ! -f "$DATA/cifar-10-batches-py/data_batch_5" || ! -f "$DATA/cifar-10-batches-py/test_batch" ]]; then
-  if [[ ! -f .carry/cifar10_from_jpeg.py ]]; then
-    echo "error: no CIFAR-10 in $DATA and no .carry/ to convert from (make gpu-prepare SHARED_DATA=...)" >&2
-    exit 2
-  fi
-  # one after the other: both write batches.meta
-  "$PY" .carry/cifar10_from_jpeg.py .carry/cifar10-train-jpeg.tar.gz "$DATA"
-  "$PY" .carry/cifar10_from_jpeg.py .carry/cifar10-test-jpeg.tar.gz "$DATA" --batch-name test_batch
-fi
+mkdir -p "$WORK" "$OUT"
+exec > >(tee -a "$OUT/window.log") 2>&1
+tee_pid=$!
+budget=$(awk -v m="$WINDOW_MINUTES" 'BEGIN { printf "%d", m * 60 }')
+start=$SECONDS
+left() { echo $((budget - (SECONDS - start))); }
+failed=()
 
-bundle() {  # the run folders' small files (never checkpoints) as one archive
-  local name=$1; shift
-  (cd "$GPU_OUT" && find "$@" \( -name config.json -o -name history.csv -o -name train.log \) -print0 2>/dev/null \
-     | tar czf "$name" --null -T -)
+stage() {  # stage NAME SECONDS LOG COMMAND...: COMMAND under a hard limit, its output into LOG, its outcome here
+  local name=$1 limit=$2 log=$3; shift 3
+  local t0=$SECONDS rc
+  echo "== $name: $(date -u +%FT%TZ), at most $limit s ($(left) s left in the window)"
+  timeout -k 10 "$limit" "$@" > "$log" 2>&1
+  rc=$?
+  echo "== $name: exit $rc after $((SECONDS - t0)) s$([[ $rc == 124 || $rc == 137 ]] && echo ' (time limit)')"
+  [[ $rc == 0 ]] || failed+=("$name")
 }
 
-case $phase in
-call1)
-  { nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>&1 || true; } > "$GPU_OUT/gpu.txt"
-  "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
-    | tee -a "$GPU_OUT/gpu.txt"
-  # hard limits, so that a hang cannot eat the window (SIGTERM, then SIGKILL 10 s later)
-  timeout -k 10 "${TESTS_SECONDS:-150}" "$PY" -m pytest -m cuda -p no:cacheprovider tests/test_cuda.py -q 2>&1 \
-    | tee "$GPU_OUT/pytest_cuda.log" || status=1
-  bench_args=(); [[ $DEVICE == cpu ]] && bench_args=(--quick)
-  timeout -k 10 "${BENCH_SECONDS:-150}" "$PY" -m lib.bench --device "$DEVICE" --json "$GPU_OUT/bench_$DEVICE.json" \
-    "${bench_args[@]}" || status=1
-  rm -rf "$GPU_OUT/measure" "$GPU_OUT/measure.json"
-  "$PY" -m lib.gpu_runs measure --device "$DEVICE" --out "$GPU_OUT" --minutes "$MEASURE_MINUTES" \
-    "${data_args[@]}" "${gpu_args[@]}" || status=1
-  bundle measure_runs.tar.gz measure
-  files=(gpu.txt pytest_cuda.log "bench_$DEVICE.json" measure.json measure_runs.tar.gz call1.log)
-  ;;
-call2)
-  measure=""
-  for f in .carry/measure.json "$GPU_OUT/measure.json"; do
-    if [[ -f $f ]]; then measure=$f; break; fi
+keep() {  # keep SUBFOLDER FILE...: copy what exists into $OUT/SUBFOLDER; a missing file is only reported
+  local sub=$1; shift
+  mkdir -p "$OUT/$sub"
+  for f in "$@"; do
+    if [[ -f $f ]]; then cp "$f" "$OUT/$sub/"; else echo "   (no $f to keep)"; fi
   done
-  rm -rf "$GPU_OUT/table1" "$GPU_OUT/ab" "$GPU_OUT/summary.json"  # a rerun replaces the last one
-  if [[ -n $measure ]]; then
-    echo "planning from $measure"
-    "$PY" -m lib.gpu_runs run --measure "$measure" --device "$DEVICE" --out "$GPU_OUT" --minutes "$GPU_MINUTES" \
-      "${data_args[@]}" "${gpu_args[@]}" || status=1
-  else
-    echo "no measure.json: measuring first, inside the same budget"
-    rm -rf "$GPU_OUT/measure"
-    "$PY" -m lib.gpu_runs all --device "$DEVICE" --out "$GPU_OUT" --minutes "$GPU_MINUTES" \
-      "${data_args[@]}" "${gpu_args[@]}" || status=1
-  fi
-  bundle runs.tar.gz table1 ab measure
-  files=(summary.json runs.tar.gz call2.log)
-  ;;
-*)
-  echo "error: unknown phase $phase (call1 or call2)" >&2
-  exit 2
-  ;;
-esac
+}
 
-echo "== $phase done $(date -u +%FT%TZ), status $status"
-if [[ -n ${OUT:-} ]]; then
-  for f in "${files[@]}"; do
-    if [[ -f $GPU_OUT/$f ]]; then cp "$GPU_OUT/$f" "$OUT/"; fi
-  done
-  ls -l "$OUT"
+echo "== window: $WINDOW_MINUTES min on $(hostname), device $DEVICE"
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
+else
+  echo "no nvidia-smi here"
 fi
-exit $status
+"$PY" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__,
+          'torchvision', torchvision.__version__, 'cuda', torch.version.cuda)" || failed+=("versions")
+
+# 1. data: the JPEG copy of CIFAR-10 (one conversion after the other: both write batches.meta)
+have_data() { [[ -f $DATA/cifar-10-batches-py/data_batch_5 && -f $DATA/cifar-10-batches-py/test_batch ]]; }
+if have_data; then
+  echo "== data: CIFAR-10 in $DATA"
+elif [[ -f .carry/cifar10_from_jpeg.py ]]; then
+  stage data 120 "$WORK/data.log" "$PY" .carry/cifar10_from_jpeg.py .carry/cifar10-train-jpeg.tar.gz "$DATA"
+  have_data || stage data 120 "$WORK/data_test.log" "$PY" .carry/cifar10_from_jpeg.py \
+    .carry/cifar10-test-jpeg.tar.gz "$DATA" --batch-name test_batch
+  cat "$WORK"/data*.log
+else
+  echo "== data: none in $DATA and no .carry/ to convert from (make gpu-prepare); the bench uses synthetic data"
+  failed+=("data")
+fi
+data_args=()
+have_data && data_args=(--data-dir "$DATA")
+
+# 2. the CUDA tests without compilation
+stage tests "$TESTS_SECONDS" "$WORK/pytest.log" \
+  "$PY" -m pytest -m "cuda and not compile" -p no:cacheprovider -q -rs tests/test_cuda.py
+tail -n 15 "$WORK/pytest.log"
+keep tests "$WORK/pytest.log"
+
+# 3. the benchmark (it rewrites its JSON after every phase: a run cut off keeps the phases it finished)
+rm -f "$WORK/bench.json"
+quick=()
+[[ $DEVICE == cpu ]] && quick=(--quick)
+stage bench "$BENCH_SECONDS" "$WORK/bench.log" "$PY" -m lib.bench --device "$DEVICE" "${quick[@]}" \
+  --models robust_resnet64 light_resnet18 "${data_args[@]}" --json "$WORK/bench.json" "${bench_args[@]}"
+tail -n 25 "$WORK/bench.log"
+keep bench "$WORK/bench.json" "$WORK/bench.log"
+
+# 4. robust_resnet64 on the paper profile's 300-epoch schedule for the time that is left
+run="$WORK/robust_resnet64"
+rm -rf "$run"  # a rerun on the same machine replaces the last one
+seconds=$(($(left) - 10))  # 10 s for the copies after it
+minutes=$(awk -v s="$seconds" -v r="$TRAIN_RESERVE_SECONDS" 'BEGIN { printf "%.2f", (s - r) / 60 }')
+if awk -v m="$minutes" 'BEGIN { exit !(m > 0) }'; then
+  stage train "$seconds" "$WORK/train.log" "$PY" -m lib.train --model robust_resnet64 --device "$DEVICE" \
+    "${data_args[@]}" --out "$run" --time-limit "$minutes" --no-progress "${train_args[@]}"
+  tail -n 8 "$WORK/train.log"
+else
+  echo "== train: no time left ($seconds s)"
+  failed+=("train")
+fi
+keep train "$run/config.json" "$run/history.csv" "$WORK/train.log"
+
+echo "== window done after $((SECONDS - start)) s of $budget s; failed: ${failed[*]:-none}"
+ls -lR "$OUT"
+status=$(( ${#failed[@]} > 0 ))
+exec >&- 2>&-  # let tee write the last lines into $OUT/window.log before the machine is read back
+wait "$tee_pid"
+exit "$status"

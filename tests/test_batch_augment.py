@@ -7,13 +7,15 @@ and against torchvision's private tables where the installed version still has t
 """
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 import lib.batch_augment as batch_augment
-from augment_helpers import MEAN, STD, batched, cfg_, images, per_sample, same_mean, within
+from augment_helpers import IDENTITY, MEAN, STD, batched, cfg_, images, per_sample, same_mean, within
 from lib.augment import BatchMix
 from lib.batch_augment import BatchAugment, apply_policy_op, color_jitter, rotation_matrix, warp
 from lib.policies import (AUTOAUGMENT_BINS, AUTOAUGMENT_CIFAR10, OP, OPS, RANDAUGMENT_BINS, RANDAUGMENT_OPS,
@@ -348,3 +350,121 @@ def test_independent_parameters_per_image():
     assert 0 < int(p["erasing"][:, 0].sum()) < 128
 
 
+
+
+def test_random_erasing_values_and_max_area_match():
+    """erasing_value "random" (v2.RandomErasing(value="random")): each erased value N(0, 1), after normalising;
+    erasing_max_area 0.1 (the base-45 notebook's scale (0.02, 0.1)) bounds the box."""
+    n, p = 1600, 0.5
+    x = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)  # 200/255 everywhere: any other value was erased
+    cfg = cfg_(augment="erasing", erasing_prob=p, erasing_value="random", erasing_max_area=0.1)
+    areas, values = {}, {}
+    for name, out in (("per-sample", per_sample(cfg, x)), ("batched", batched(cfg, x))):
+        box = ((out - 200 / 255).abs() > 1e-4).all(1)  # all three channels redrawn: N(0, 1) never lands there
+        frac = box.float().mean((1, 2))
+        erased = frac > 0
+        assert within(erased.float().mean().item(), p, n), name
+        areas[name] = frac[erased]
+        # scale (0.02, 0.1) of the area, after torchvision's rounding of the box sides
+        assert areas[name].min() >= 0.015 and areas[name].max() <= 0.115, name
+        values[name] = out.permute(0, 2, 3, 1)[box].flatten()
+        m, s = values[name].mean().item(), values[name].std().item()
+        assert abs(m) < 5 / math.sqrt(len(values[name])) and abs(s - 1) < 0.02, (name, m, s)
+    assert same_mean(*areas.values())
+    # values are drawn per pixel and channel: neighbours and channels uncorrelated
+    v = values["batched"].view(-1, 3)
+    assert abs(torch.corrcoef(v.T)[0, 1]) < 0.05
+
+
+# ----------------------------------------------------------------------------------------------------
+# The device loader: a chunk of thousands of images per BatchAugment call, batches sliced from it
+# ----------------------------------------------------------------------------------------------------
+def index_images(n):
+    """Image i is flat grey i % 250 with label i % 10: the output without augmentation says which it was."""
+    values = torch.arange(n) % 250
+    return values.view(n, 1, 1, 1).expand(n, 32, 32, 3).to(torch.uint8).numpy(), (torch.arange(n) % 10).numpy()
+
+
+def test_chunked_epoch_takes_every_image_at_most_once():
+    from lib.augment import make_train_loader
+    x, y = index_images(1000)
+    cfg = cfg_(augment="none", mix_prob=0.0, batch_size=128)
+    loader = make_train_loader(cfg, x, y, *IDENTITY, "cpu", "device")
+    loader.chunk_images = 300  # chunks of 2 batches: 256, 256, 256, then the last 128 of 896 (drop_last)
+    torch.manual_seed(0)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 7 and all(xb.shape == (128, 3, 32, 32) for xb, _ in batches)
+    seen = torch.cat([(xb[:, 0, 0, 0] * 255).round().long() for xb, _ in batches])
+    labels = torch.cat([soft.argmax(1) for _, soft in batches])
+    assert len(seen) == 896 and torch.equal(labels, seen % 10)  # each image with its own label
+    assert torch.bincount(seen, minlength=250).max() <= 4  # 1000 images: each value 4 times, none drawn twice
+
+
+def test_chunked_loader_draws_every_image_its_own_parameters():
+    """Through the device loader, chunks spanning several batches: crop offsets uniform over -4..4, flips at 0.5,
+    and 256 copies of one image all augmented differently."""
+    from lib.augment import make_train_loader
+    n = 1800
+    x = position_image().permute(1, 2, 0).expand(n, 32, 32, 3).contiguous().numpy()
+    cfg = cfg_(augment="crop,flip", mix_prob=0.0, batch_size=100)
+    loader = make_train_loader(cfg, x, torch.zeros(n, dtype=torch.long).numpy(), *IDENTITY, "cpu", "device")
+    loader.chunk_images = 600  # 6 batches a chunk, 3 chunks
+    out = torch.cat([xb for xb, _ in loader])
+    dy, dx, flipped = decode_crop_flip(out)
+    assert within(flipped.float().mean().item(), 0.5, n)
+    for shift in (dy, dx):
+        for v in range(-4, 5):
+            assert within((shift == v).float().mean().item(), 1 / 9, n), v
+    same = images(1).permute(0, 2, 3, 1).expand(256, 32, 32, 3).contiguous().numpy()
+    loader = make_train_loader(cfg_(augment="full", mix_prob=0.0, batch_size=64), same,
+                               torch.zeros(256, dtype=torch.long).numpy(), MEAN, STD, "cpu", "device")
+    loader.chunk_images = 256
+    flat = torch.cat([xb for xb, _ in loader]).flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(256) * 1e9).min() > 0
+
+
+class AtenOps(TorchDispatchMode):
+    """Counts every aten op dispatched inside it (what a GPU would launch, views and host-side scalars too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_augmentation_ops_per_step_are_at_most_5_percent_of_the_model_step():
+    """The CUDA path's launch count, counted on the CPU: the device loader on PyTorch's meta device (the same ops as
+    on CUDA: masked selection, the CUDA chunk size; nothing computed), against one bf16 training step of
+    robust_resnet64 (op count independent of width and batch: narrow and small here)."""
+    from lib.augment import make_train_loader
+    from lib.models import build_model
+    from lib.train import make_criterion, make_optimizer, make_scheduler, train_step
+
+    cfg = cfg_(augment="crop,flip,randaugment", mix_prob=1.0, batch_size=128, channels_last=True)
+    model = build_model("robust_resnet64", base_channels=4).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    scheduler, criterion = make_scheduler(cfg, optimizer, 10), make_criterion(cfg)
+    xb = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    soft = torch.softmax(torch.randn(4, 10), 1)
+    train_step(model, xb, soft, optimizer, scheduler, criterion, None, torch.bfloat16)  # optimizer state made
+    with AtenOps() as step_ops:
+        train_step(model, xb, soft, optimizer, scheduler, criterion, None, torch.bfloat16)
+    assert step_ops.count > 1000  # ~1,200: 62 weight layers forward and backward, BN, casts, the optimizer
+
+    n = 16_384  # one CUDA chunk
+    loader = make_train_loader(cfg, np.zeros((n, 32, 32, 3), np.uint8), np.zeros(n, np.int64), MEAN, STD, "meta",
+                               "device")
+    steps = len(loader)
+    with AtenOps() as loader_ops:
+        assert sum(1 for _ in loader) == steps == 128
+    per_step = loader_ops.count / steps
+    assert per_step <= 0.05 * step_ops.count, (per_step, step_ops.count)
+    # one batch at a time (the loader before chunks) would have cost ~600 a step
+    loader.chunk_images = 128
+    with AtenOps() as per_batch_ops:
+        for _, _ in zip(range(4), loader):
+            pass
+    assert per_batch_ops.count / 4 > 0.4 * step_ops.count

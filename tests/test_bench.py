@@ -24,13 +24,27 @@ def test_quick_cpu_bench_json(tmp_path, capsys):
     fed = r["train_step_with_loader_img_s"]["light_resnet18"]
     assert fed > 0 and abs(r["epoch_seconds_50k"]["light_resnet18"] * fed - 50_000) < 1e-6 * 50_000
     assert 0 <= r["data_share_measured"]["light_resnet18"] < 1
+    assert d["batched_per_batch_img_s"] > 0 and d["chunk_images"] == 512  # the CPU's chunks, and one per batch
     s = r["train_step_settings"]
     assert s["amp_dtype"] is None and s["compile"] is False  # CPU: fp32, eager
+    assert s["plain_fp32_tf32"] is None  # no TF32 on a CPU
+    # the solo epoch: a real lib.train run (QUICK: 100 training, 50 validation images of synthetic data)
+    solo = r["solo_epoch"]["light_resnet18"]
+    assert solo["train_images"] == 100 and solo["val_images"] == 50 and solo["data"] == "synthetic"
+    assert 0 < solo["epoch_s"] < solo["run_s"] and solo["first_epoch_s"] > 0
+    ops = r["ops"]  # counted, not timed: independent of the machine's load
+    assert ops["loader_counted_on"] == "meta" and ops["batch_size"] == 128
+    assert ops["model_step"]["light_resnet18"] > 300  # 20 weight layers: forward, backward, BN, optimizer
+    for counts in ops["loader_per_step"].values():
+        assert counts["chunked"]["chunk_images"] == 16_384 and counts["chunked"]["steps"] == 256
+        assert counts["chunked"]["per_step"] < 0.1 * counts["per_batch"]["per_step"]
     assert r["peak_memory_mb"] > 0
     printed = capsys.readouterr().out
-    assert "per-sample" in printed and "light_resnet18" in printed
+    assert "per-sample" in printed and "light_resnet18" in printed and "solo epoch" in printed
 
 
-def test_bad_options_exit_2(capsys):
+def test_bad_options_exit_2(capsys, tmp_path):
     assert run_cli(bench.main, ["--device", "cpu", "--models", "resnet9000"]) == 2
     assert "resnet9000" in capsys.readouterr().err
+    assert run_cli(bench.main, ["--device", "cpu", "--data-dir", str(tmp_path / "none")]) == 2
+    assert str(tmp_path / "none") in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""What only a CUDA GPU can check: the device loader there, the AMP policy, channels_last, --compile, CUDA
-predictions against CPU ones, a short CUDA training run, and no host synchronisation inside the training step.
+"""What only a CUDA GPU can check: the device loader there, the AMP policy, channels_last, fused SGD, --compile,
+CUDA predictions against CPU ones, a short CUDA training run, and no host synchronisation inside the training step.
 
-Skipped without CUDA (the CPU suite collects them and moves on); `pytest -m cuda` or `make gpu-check` runs them.
+Skipped without CUDA (the CPU suite collects them and moves on); `pytest -m cuda` or `make gpu-check` runs them;
+tests/gpu_window.sh runs `-m "cuda and not compile"` (compilation takes minutes).
 """
 import csv
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from lib.augment import make_train_loader
 from lib.common import amp_dtype
@@ -95,18 +97,62 @@ def test_channels_last_matches_contiguous(model_name):
     assert (out - ref).norm() / ref.norm() < 1e-4
 
 
-def test_compile_flag_trains(smoke_root, tmp_path):
+@pytest.mark.compile  # compilation takes a minute or more: not in the GPU window's test stage
+@pytest.mark.parametrize("flags", [["--compile"], ["--compile", "--cuda-graphs"]])
+def test_compile_flag_trains(smoke_root, tmp_path, flags):
     run = tmp_path / "compiled"
     proc = subprocess.run([sys.executable, "-m", "lib.train", "--profile", "smoke", "--model", "light_resnet18",
                            "--base-channels", "16", "--data-dir", str(smoke_root), "--out", str(run),
-                           "--device", "cuda", "--compile", "--epochs", "2", "--train-size", "320",
+                           "--device", "cuda", *flags, "--epochs", "2", "--train-size", "320",
                            "--val-size", "200", "--no-progress"], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_history_rows(run)
     assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
     model, _ = load_checkpoint(run / "last.pt", CUDA)  # the weights load into a plain (uncompiled) model
-    assert json.loads((run / "config.json").read_text())["compile"] is True
+    config = json.loads((run / "config.json").read_text())
+    assert config["compile"] is True and config["cuda_graphs"] == ("--cuda-graphs" in flags)
+
+
+def test_fused_sgd_and_a_skipped_first_step():
+    """On CUDA the optimizer is fused SGD. Its first step fills fresh momentum buffers only when it runs; a step
+    GradScaler skips (fp16 overflow) must leave parameters and buffers as they were, and the next step must be
+    the first step of foreach SGD (buf = g)."""
+    cfg = make_config("paper")
+    torch.manual_seed(0)
+    model = build_model("light_resnet18", base_channels=8).to(CUDA)
+    reference = build_model("light_resnet18", base_channels=8).to(CUDA)
+    reference.load_state_dict(model.state_dict())
+    optimizer = make_optimizer(cfg, model)
+    assert optimizer.defaults["fused"] is True
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                                    weight_decay=cfg.weight_decay, foreach=True)
+    start = [p.detach().clone() for p in model.parameters()]
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.randn(16, 3, 32, 32, device=CUDA)
+    target = torch.randint(0, 10, (16,), device=CUDA)
+
+    def backward(net):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(net(x), target)
+        scaler.scale(loss).backward()
+
+    backward(model)
+    next(model.parameters()).grad.view(-1)[0] = float("inf")  # an overflow: GradScaler skips this step
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), start))
+    assert all(not optimizer.state[p]["momentum_buffer"].any() for p in model.parameters())
+
+    backward(model)  # now a real step, against foreach SGD's first step on the same (unscaled) gradients
+    scale = scaler.get_scale()  # a power of two: dividing by it is exact
+    for p, r in zip(model.parameters(), reference.parameters()):
+        r.grad = p.grad.detach() / scale
+    scaler.step(optimizer)
+    ref_optimizer.step()
+    for p, r in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
 
 
 def test_cuda_predictions_equal_cpu_predictions(smoke_root, tmp_path):
@@ -139,28 +185,28 @@ def test_short_cuda_training_loss_falls(smoke_root, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["loader"] == "device"
 
 
-def test_no_host_sync_in_the_training_step():
+@pytest.mark.parametrize("precision", ["configured", "fp16"])
+def test_no_host_sync_in_the_training_step(precision):
     """The device loader's iteration and train_step queue work on the GPU and never wait for it: any
-    synchronising call (.item(), a pageable copy, nonzero, ...) raises under sync debug mode "error"."""
-    dtype = expected_amp_dtype()
-    if dtype == torch.float16:
-        # GradScaler.step reads its inf check on the host every step (torch's design): check the rest in fp32
-        dtype = None
-    cfg = make_config("paper", batch_size=64)
+    synchronising call (.item(), a pageable copy, nonzero, ...) raises under sync debug mode "error". fp16 with
+    GradScaler (T4, V100) included: fused SGD takes the scale and the inf flag on the device."""
+    dtype = expected_amp_dtype() if precision == "configured" else torch.float16
+    cfg = make_config("paper", batch_size=64, augment="full", mix_prob=0.5)
     x, y = random_images(64 * 8)
     loader = make_train_loader(cfg, x, y, MEAN, STD, CUDA, "device")
     model = build_model("light_resnet18").to(CUDA, memory_format=torch.channels_last).train()
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(loader))
     criterion = make_criterion(cfg)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     for xb, soft in list(loader)[:2]:  # warm-up: cuDNN plans, allocator, lazy initialisation may sync
-        train_step(model, xb, soft, optimizer, scheduler, criterion, None, dtype)
+        train_step(model, xb, soft, optimizer, scheduler, criterion, scaler, dtype)
     torch.cuda.synchronize()
     losses = []
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for xb, soft in loader:  # a whole epoch: the randperm, slicing, BatchAugment, BatchMix, the step
-            loss, n_correct = train_step(model, xb, soft, optimizer, scheduler, criterion, None, dtype)
+        for xb, soft in loader:  # a whole epoch: the randperm, the chunk's BatchAugment, BatchMix, the step
+            loss, *_ = train_step(model, xb, soft, optimizer, scheduler, criterion, scaler, dtype)
             losses.append(loss)
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -10,8 +10,9 @@ on 40 images, differed by 2 images at epoch 2). Hence: losses within 1% relative
 images, val accuracy within 4 of 40.
 The one-process reference is torchrun with --nproc_per_node 1: under torchrun the global batch order comes from
 lib.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
-(unchanged from before torchrun support), so its batches differ. Augmentation and MixUp are off: with them each rank draws its own random numbers, so the runs would differ
-by design (each rank augments its own shard).
+(unchanged from before torchrun support), so its batches differ. Augmentation, MixUp and stochastic depth are off:
+with them each rank draws its own random numbers (its shard's augmentation, its own coin for dropping a block), so
+the runs would differ by design.
 """
 import csv
 import json
@@ -32,6 +33,7 @@ def torchrun(nproc, out, smoke_root, *extra, port, wait=True):
            "127.0.0.1", "--master_port", str(port), "-m", "lib.train", "--profile", "smoke", "--model",
            "light_resnet18", "--data-dir", str(smoke_root), "--train-size", "80", "--val-size", "40",
            "--batch-size", "20", "--epochs", "3", "--lr", "0.01", "--augment", "none", "--mix-prob", "0",
+           "--stochastic-depth-rate", "0",
            "--device", "cpu", "--no-progress", "--sync-bn", "--out", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -82,3 +84,38 @@ def test_sync_bn_without_torchrun_is_one_line(tmp_path):
     from lib.train import main
     assert run_cli(main, ["--profile", "smoke", "--sync-bn", "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_device_loader_shards_are_the_global_batches():
+    """Under torchrun each rank slices its share of every global batch from one seeded permutation, moved to the
+    device once per epoch and augmented a chunk at a time: the ranks' batches of a step are disjoint, together
+    the global batch, the same for every rank count, and a new epoch reorders them."""
+    import numpy as np
+    import torch
+
+    from lib.augment import make_train_loader
+    from lib.config import make_config
+    from lib.distributed import ShardedLoader
+
+    n, global_batch = 120, 24
+    x = (np.arange(n) % 250).astype(np.uint8).reshape(n, 1, 1, 1).repeat(32, 1).repeat(32, 2).repeat(3, 3)
+    cfg = make_config("smoke", augment="none", mix_prob=0.0, batch_size=global_batch)
+
+    def epoch(world_size, rank, epoch_number=0, chunk=None):
+        loader = make_train_loader(cfg, x, np.arange(n) % 10, [0.0] * 3, [1.0] * 3, "cpu", "device")
+        loader.chunk_images = chunk or loader.chunk_images
+        shard = ShardedLoader(loader, global_batch, seed=3, rank=rank, world_size=world_size)
+        shard.set_epoch(epoch_number)
+        batches = [(xb[:, 0, 0, 0] * 255).round().long() for xb, _ in shard]
+        assert len(batches) == len(shard) == n // global_batch
+        return batches
+
+    one = epoch(1, 0)
+    assert sorted(torch.cat(one).tolist()) == list(range(n))  # 5 global batches of 24: every image once
+    for world_size in (2, 3):
+        ranks = [epoch(world_size, r, chunk=global_batch) for r in range(world_size)]
+        for step, whole in enumerate(one):
+            parts = [ranks[r][step] for r in range(world_size)]
+            assert all(len(p) == global_batch // world_size for p in parts)
+            assert torch.equal(torch.cat(parts), whole)  # rank r holds slice r of the step's global batch
+    assert not torch.equal(torch.cat(epoch(1, 0, epoch_number=1)), torch.cat(one))

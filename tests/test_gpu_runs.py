@@ -133,3 +133,32 @@ def test_measure_file_errors(tmp_path, smoke_root, capsys):
     assert run_cli(gpu_runs.main, args) == 2
     assert "no measurement for light_resnet18_v2" in capsys.readouterr().err
     assert not (tmp_path / "o" / "table1").exists()
+
+
+def test_gpu_window_keeps_every_stage_when_one_fails(smoke_root, tmp_path):
+    """tests/gpu_window.sh on the CPU with a tiny budget and its bench stage made to fail (an unknown model): the
+    other stages still run and $OUT holds their files, and the window's log says which stage failed."""
+    import os
+    import subprocess
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PY": sys.executable, "DEVICE": "cpu", "DATA": str(smoke_root), "WORK": str(work),
+           "OUT": str(out), "WINDOW_MINUTES": "3", "TRAIN_RESERVE_SECONDS": "5", "OMP_NUM_THREADS": "1",
+           "BENCH_ARGS": "--models resnet9000",
+           "TRAIN_ARGS": "--epochs 2 --train-size 40 --val-size 20 --batch-size 20 --base-channels 8 "
+                         "--blocks-per-group 1"}
+    proc = subprocess.run(["bash", str(gpu_runs.REPO / "tests" / "gpu_window.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["bench/bench.log", "tests/pytest.log", "train/config.json", "train/history.csv",
+                     "train/train.log", "window.log"]
+    assert "resnet9000" in (out / "bench" / "bench.log").read_text()
+    assert "skipped" in (out / "tests" / "pytest.log").read_text()  # no CUDA here: collected, skipped
+    history = (out / "train" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 3  # both epochs of the (shortened) schedule
+    config = json.loads((out / "train" / "config.json").read_text())
+    assert config["model"] == "robust_resnet64" and config["profile"] == "paper" and config["time_limit"] > 0
+    log = (out / "window.log").read_text()
+    assert "== bench: exit 2" in log and "== tests: exit 0" in log and "== train: exit 0" in log
+    assert "failed: bench" in log and "(no " in log  # the missing bench.json reported, the copies went on
