@@ -416,7 +416,8 @@ def bench_ops(cfg, models, device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 def run_bench(device_name_: str = "auto", quick: bool = False, models=None, kornia: bool = False,
               overrides: dict | None = None, epoch: bool = True, ops: bool = True, data_dir: str | None = None,
-              chunk_sweep: bool = False, tiny: bool = False, on_phase: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              chunk_sweep: bool = False, tiny: bool = False,
+              on_phase: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every measurement, phase by phase; ``on_phase(result)`` after each one with what is measured so far
     (``result["complete"]`` turns True at the end): a benchmark cut off by a time limit keeps its finished phases."""
     device = resolve_device(device_name_)

@@ -22,10 +22,10 @@ one ends, and a stage that fails or runs out of time never stops the next:
   train          robust_resnet64, paper profile, its 300-epoch schedule, --time-limit for what is left, --resume,
                  with the step the benchmarks found fastest (--step) -> OUT/robust_resnet64/ (history.csv, ...)
 
---skip leaves stages out. Run again with the same --out, it continues the training (--resume). Exit code: 0 when every stage passed, 1 when
-one failed or ran out of time, 2 for a bad option (before anything runs). The dry run runs each stage for real but
-tiny (lib.bench --tiny, a few images, torch.compile switched off by TORCH_COMPILE_DISABLE): it checks the chain,
-not the machine.
+--skip leaves stages out. Run again with the same --out, it continues the training (--resume). Exit code: 0 when
+every stage passed, 1 when one failed or ran out of time, 2 for a bad option (before anything runs). The dry run
+runs each stage for real but tiny (lib.bench --tiny, a few images, torch.compile switched off by
+TORCH_COMPILE_DISABLE): it checks the chain, not the machine.
 """
 from __future__ import annotations
 
