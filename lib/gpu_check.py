@@ -99,10 +99,11 @@ class Check:
         self.say(f"== {name}: skipped ({why})")
         self.record(name, "skipped", reason=why)
 
-    def stage(self, name: str, cmd: list[str], limit: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    def stage(self, name: str, cmd: list[str], limit: float, env: dict[str, str] | None = None,
+              log_name: str | None = None) -> dict[str, Any]:
         """``cmd`` in the repository under a hard limit (SIGTERM, then SIGKILL 10 s later), output into
         OUT/<name>.log. Passed = exit code 0 within the limit."""
-        log = self.out / f"{name}.log"
+        log = self.out / (log_name or f"{name}.log")
         self.say(f"== {name}: at most {limit:.0f} s ({self.left():.0f} s left): {shlex.join(cmd)}")
         t0 = time.monotonic()
         with open(log, "w") as f:
@@ -173,13 +174,15 @@ def prepare_data(check: Check, args) -> bool:
     elif args.jpeg_dir is not None:
         conv, train_tar, test_tar = (str(args.jpeg_dir / f) for f in JPEG_FILES)
         # one conversion after the other: both write batches.meta
-        check.stage("data", [py, conv, train_tar, str(data)], min(LIMITS["data"], check.left()))
+        first = check.stage("data", [py, conv, train_tar, str(data)], min(LIMITS["data"], check.left()),
+                            log_name="data_train.log")
         check.summary["stages"].pop()  # recorded once, below, with both halves
         result = check.stage("data", [py, conv, test_tar, str(data), "--batch-name", "test_batch"],
-                             min(LIMITS["data"], check.left()))
-        if result["status"] == "passed" and not has_cifar(data):
+                             min(LIMITS["data"], check.left()), log_name="data_test.log")
+        result.update(log="data_train.log, data_test.log", first=first)
+        if first["status"] != "passed" or not has_cifar(data):
             result["status"] = "failed"
-            check.save()
+        check.save()
     else:  # --download (checked in main)
         code = "import sys; from lib.data import load_cifar10; load_cifar10(sys.argv[1], download=True)"
         check.stage("data", [py, "-c", code, str(data)], min(LIMITS["data"], check.left()))

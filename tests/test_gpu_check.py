@@ -83,3 +83,46 @@ def test_dry_run_keeps_every_stage_when_one_fails(smoke_root, tmp_path):
     config = json.loads((out / "robust_resnet64" / "config.json").read_text())
     assert config["model"] == "robust_resnet64" and config["profile"] == "paper" and config["time_limit"] > 0
     assert "failed: bench_eager, bench_compile" in (out / "gpu_check.log").read_text()
+
+
+FAKE_CONVERTER = """import shutil, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[-1])
+from lib.smoke_data import write_smoke_dataset
+args = sys.argv[1:-1]
+with open(Path(args[0]).parent / "calls.txt", "a") as f:
+    f.write(" ".join(Path(a).name for a in args) + "\\n")
+test = "--batch-name" in args
+tmp = Path(tempfile.mkdtemp())
+write_smoke_dataset(tmp)
+out = Path(args[1]) / "cifar-10-batches-py"
+out.mkdir(parents=True, exist_ok=True)
+for name in (["test_batch"] if test else [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]):
+    shutil.copy(tmp / "cifar-10-batches-py" / name, out / name)
+"""
+
+
+def test_jpeg_copy_is_converted_train_then_test(tmp_path, monkeypatch):
+    """--jpeg-dir: the converter beside the tarballs runs twice, training tarball first, then the test tarball with
+    --batch-name test_batch (both write batches.meta), into --data-dir; the stage is recorded once."""
+    jpeg, data, out = tmp_path / "jpeg", tmp_path / "data", tmp_path / "out"
+    jpeg.mkdir()
+    for name in gpu_check.JPEG_FILES[1:]:
+        (jpeg / name).write_bytes(b"")
+    (jpeg / "cifar10_from_jpeg.py").write_text(FAKE_CONVERTER)
+    out.mkdir()
+    check = gpu_check.Check(out, 300, dict(os.environ))
+    monkeypatch.setattr(check, "stage", _with_repo_arg(check.stage))  # the fake imports lib from the repository
+    args = type("Args", (), {"data_dir": data, "jpeg_dir": jpeg, "dry_run": False, "download": False})()
+    assert not gpu_check.has_cifar(data)
+    assert gpu_check.prepare_data(check, args)
+    assert (jpeg / "calls.txt").read_text().splitlines() == [
+        f"cifar10-train-jpeg.tar.gz {data.name}", f"cifar10-test-jpeg.tar.gz {data.name} --batch-name test_batch"]
+    assert [(s["stage"], s["status"]) for s in check.summary["stages"]] == [("data", "passed")]
+    assert (out / "data_train.log").is_file() and (out / "data_test.log").is_file()
+
+
+def _with_repo_arg(stage):
+    def call(name, cmd, limit, **kw):
+        return stage(name, [*cmd, str(REPO)], limit, **kw)
+    return call
