@@ -10,7 +10,7 @@ import torch
 
 from lib import gpu_check
 from lib.common import run_cli
-from lib.gpu_check import fastest_step
+from lib.gpu_check import choose_step, fastest_step
 
 REPO = gpu_check.REPO
 
@@ -22,6 +22,17 @@ def test_fastest_step_compares_the_step_fed_by_the_loader():
     assert fastest_step(bench) == ("compile", {"eager": 9000.0, "compile": 11000.0})
     assert fastest_step(bench, "light_resnet18")[0] == "eager"
     assert fastest_step({}) == (None, {})
+
+
+def test_the_run_takes_the_fastest_step_unless_the_compile_tests_failed():
+    rate = lambda r: {"train_step_with_loader_img_s": {"robust_resnet64": r}}  # noqa: E731
+    bench = {"eager": rate(100.0), "compile": rate(150.0), "cuda_graphs": rate(180.0)}
+    assert choose_step("fastest", bench, "passed")[0] == "cuda_graphs"
+    assert choose_step("fastest", bench, "skipped")[0] == "cuda_graphs"  # not run: the benchmark decides
+    assert choose_step("fastest", bench, "failed")[0] == "eager"
+    assert choose_step("fastest", bench, "time limit")[0] == "eager"
+    assert choose_step("compile", bench, "failed")[0] == "compile"  # asked for: taken as asked
+    assert choose_step("fastest", {}, None) == ("eager", {})
 
 
 @pytest.mark.parametrize("args, message", [
