@@ -53,7 +53,11 @@ FULL = {"batch": 128, "data_rounds": 3, "step_batch": 32, "steps": 2, "repeats":
 QUICK = {"batch": 128, "data_rounds": 1, "step_batch": 16, "steps": 1, "repeats": 3, "infer_batch": 32,
          "epoch_train": 100, "epoch_val": 50}
 CUDA = {"batch": 128, "data_rounds": 2, "step_batch": 128, "steps": 20, "loader_steps": 128, "repeats": 3,
-        "infer_batch": 512, "epoch_train": 50_000, "epoch_val": 10_000}  # fits tests/gpu_window.sh's 90 s
+        "infer_batch": 512, "epoch_train": 50_000, "epoch_val": 10_000}  # a real epoch: CIFAR-10's sizes
+# --tiny (a dry run of the chain, e.g. `make gpu-dry-run`): every model at 8 base channels and 1 block per group
+TINY = {"batch": 32, "data_rounds": 1, "step_batch": 4, "steps": 1, "repeats": 1, "infer_batch": 8,
+        "epoch_train": 50, "epoch_val": 20}
+TINY_MODEL = {"base_channels": 8, "blocks_per_group": 1}
 QUICK_MODELS = ("light_resnet18", "robust_resnet64")
 
 
@@ -258,7 +262,7 @@ def bench_kornia(cfg, x, mean, std, device, rounds: int) -> dict[str, Any]:
 def _step_setup(cfg, name, device, *, dtype, channels_last, compile_, batch, loader=None):
     """A function running ``steps`` training steps on one fixed batch, or fed by ``loader`` (data time included)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(name).to(device, memory_format=fmt)
+    model = build_model(name, **cfg.model_overrides()).to(device, memory_format=fmt)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=1000)
     criterion = make_criterion(cfg)
@@ -349,7 +353,7 @@ def bench_epoch(cfg, models, device, sizes, data_dir: str | None = None) -> dict
             run_cfg = make_config("paper", model=name, epochs=2, data_dir=data_dir, out=os.path.join(tmp, name),
                                   train_size=n_train, val_size=n_val, device=cfg.device, amp=cfg.amp,
                                   channels_last=cfg.channels_last, compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
-                                  progress=False, seed=0)
+                                  progress=False, seed=0, **cfg.model_overrides())
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # its epoch lines go with the log, not the table
                 summary = train(run_cfg, on_epoch=lambda row: marks.append(time.perf_counter()))
@@ -369,7 +373,7 @@ def bench_inference(cfg, models, device, sizes) -> dict[str, float]:
     bs = sizes["infer_batch"]
     out = {}
     for name in models:
-        model = build_model(name).to(device, memory_format=fmt).eval()
+        model = build_model(name, **cfg.model_overrides()).to(device, memory_format=fmt).eval()
         x = torch.randn(bs, 3, 32, 32).to(device).contiguous(memory_format=fmt)
 
         def run(reps: int) -> None:
@@ -412,16 +416,18 @@ def bench_ops(cfg, models, device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 def run_bench(device_name_: str = "auto", quick: bool = False, models=None, kornia: bool = False,
               overrides: dict | None = None, epoch: bool = True, ops: bool = True, data_dir: str | None = None,
-              chunk_sweep: bool = False, on_phase: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              chunk_sweep: bool = False, tiny: bool = False,
+              on_phase: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every measurement, phase by phase; ``on_phase(result)`` after each one with what is measured so far
     (``result["complete"]`` turns True at the end): a benchmark cut off by a time limit keeps its finished phases."""
     device = resolve_device(device_name_)
-    sizes = QUICK if quick else (CUDA if device.type == "cuda" else FULL)
-    models = list(models or (QUICK_MODELS if quick else list_models()))
+    sizes = TINY if tiny else QUICK if quick else (CUDA if device.type == "cuda" else FULL)
+    models = list(models or (QUICK_MODELS if quick or tiny else list_models()))
     unknown = [m for m in models if m not in list_models()]
     if unknown:
         raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
-    cfg = make_config("paper", augment="full", mix_prob=0.5, device=device.type, **(overrides or {}))
+    overrides = {**(TINY_MODEL if tiny else {}), **(overrides or {})}
+    cfg = make_config("paper", augment="full", mix_prob=0.5, device=device.type, **overrides)
     if data_dir is not None:
         from .data import find_cifar_dir
         find_cifar_dir(data_dir)  # a UserError naming the folder now, not after minutes of timing
@@ -431,7 +437,7 @@ def run_bench(device_name_: str = "auto", quick: bool = False, models=None, korn
     torch.manual_seed(0)
     t0 = time.perf_counter()
     result: dict[str, Any] = {
-        "device": device_name(device), "device_type": device.type, "quick": quick, "complete": False,
+        "device": device_name(device), "device_type": device.type, "quick": quick, "tiny": tiny, "complete": False,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "augment": cfg.augment, "mix_prob": cfg.mix_prob, "models": models, "phase_seconds": {},
         "load_average_before_after": [_load_average(), None]}  # other processes skew CPU timings
@@ -480,7 +486,8 @@ def format_table(result: dict[str, Any]) -> str:
     import pandas as pd
 
     d = result["data_pipeline"]
-    lines = [f"device: {result['device']} (torch {result['versions']['torch']}){' [quick]' if result['quick'] else ''}",
+    mode = " [tiny: a dry run]" if result.get("tiny") else " [quick]" if result["quick"] else ""
+    lines = [f"device: {result['device']} (torch {result['versions']['torch']}){mode}",
              f"data pipeline, augment={result['augment']}, mix_prob={result['mix_prob']}, batch {d['batch_size']}: "
              f"per-sample {d['per_sample_img_s']:,.0f} img/s (0 workers, 1 thread: per core) | "
              f"batched {d['batched_img_s']:,.0f} img/s ({d['torch_threads']} threads) | ratio {d['ratio']:.1f}x"]
@@ -547,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m lib.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="small sizes, two models: under a minute on 2 cores")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a dry run of the chain: a few images, every model at 8 base channels and 1 block per "
+                             "group (seconds; the numbers mean nothing)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--models", nargs="+", help=f"subset of {', '.join(list_models())}")
     parser.add_argument("--kornia", action="store_true", help="also time kornia's augmentations (comparison)")
@@ -572,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run_bench(args.device, quick=args.quick, models=args.models, kornia=args.kornia, overrides=overrides,
                        epoch=args.epoch, ops=args.ops, data_dir=args.data_dir, chunk_sweep=args.chunk_sweep,
-                       on_phase=write)
+                       tiny=args.tiny, on_phase=write)
     print(format_table(result))
     if args.json:
         print(f"wrote {args.json}")

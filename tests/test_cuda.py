@@ -1,8 +1,8 @@
 """What only a CUDA GPU can check: the device loader there, the AMP policy, channels_last, fused SGD, --compile,
 CUDA predictions against CPU ones, a short CUDA training run, and no host synchronisation inside the training step.
 
-Skipped without CUDA (the CPU suite collects them and moves on); `pytest -m cuda` or `make gpu-check` runs them;
-tests/gpu_window.sh runs `-m "cuda and not compile"` (compilation takes minutes).
+Skipped without CUDA (the CPU suite collects them and moves on); `pytest -m cuda` runs them; `make gpu-check` runs
+`-m "cuda and not compile"` first and the compile ones when time is left (compilation takes minutes).
 """
 import csv
 import json
@@ -97,7 +97,7 @@ def test_channels_last_matches_contiguous(model_name):
     assert (out - ref).norm() / ref.norm() < 1e-4
 
 
-@pytest.mark.compile  # compilation takes a minute or more: not in the GPU window's test stage
+@pytest.mark.compile  # compilation takes a minute or more: make gpu-check runs these last
 @pytest.mark.parametrize("flags", [["--compile"], ["--compile", "--cuda-graphs"]])
 def test_compile_flag_trains(smoke_root, tmp_path, flags):
     run = tmp_path / "compiled"
