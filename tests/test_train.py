@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lib.train as train_mod
+from lib.checkpoint import WriteFailedError
 from lib.common import run_cli
 from lib.config import make_config
 from lib.train import DivergedError, make_optimizer, make_scheduler, train
@@ -123,7 +124,7 @@ def test_interrupted_checkpoint_write_keeps_last_good(smoke_root, tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torch_save_dies_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteFailedError, match="disk full"):
         train(tiny_config(smoke_root, run, resume=True))  # epoch 2's save dies half-way
     monkeypatch.undo()
     assert (run / "last.pt").read_bytes() == good
