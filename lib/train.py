@@ -67,11 +67,9 @@ class DivergedError(UserError):
 # The recipe's pieces (also used by lib.bench, so the benchmark times exactly what training runs)
 # ----------------------------------------------------------------------------------------------------
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD-Nesterov. On CUDA the fused kernel: one launch for every parameter, and under fp16 it reads
-    GradScaler's scale and inf flag on the device (foreach SGD makes GradScaler.step wait for the host each step);
-    elsewhere foreach, and on CUDA with --compile under torch 2.5 too (``fused_sgd_takes_compiled_grads``)."""
+    """SGD-Nesterov, with the implementation ``sgd_implementation`` picks for the parameters' device."""
     params = list(model.parameters())
-    fused = params[0].device.type == "cuda" and (not cfg.compile or fused_sgd_takes_compiled_grads())
+    fused = sgd_implementation(params[0].device, cfg.compile) == "fused"
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
     if fused and cfg.momentum > 0:
@@ -83,12 +81,16 @@ def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     return optimizer
 
 
-def fused_sgd_takes_compiled_grads(version: str | None = None) -> bool:
-    """Whether fused SGD accepts the gradients inductor makes for channels_last parameters: before torch 2.5
-    (PyTorch PR #134546) fused optimizers compared strides on size-1 dimensions too, and a compiled 1x1
-    convolution's gradient can come out contiguous while its channels_last weight is not (PyTorch issue #126585)."""
-    release = Version(version or torch.__version__).release
-    return release[:2] >= (2, 5)
+def sgd_implementation(device: torch.device, compile: bool = False, torch_version: str | None = None) -> str:
+    """"fused" on CUDA: one launch for every parameter, and under fp16 it reads GradScaler's scale and inf flag on
+    the device (foreach SGD makes GradScaler.step wait for the host each step); "foreach" elsewhere, and on CUDA
+    with --compile before torch 2.5: until PyTorch PR #134546 fused optimizers compared strides on size-1
+    dimensions too, and a compiled 1x1 convolution's gradient can come out contiguous while its channels_last
+    weight is not (the same failure for fused Adam: PyTorch issue #126585)."""
+    if torch.device(device).type != "cuda":
+        return "foreach"
+    release = Version(torch_version or torch.__version__).release
+    return "foreach" if compile and release[:2] < (2, 5) else "fused"
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
