@@ -117,8 +117,8 @@ def write_or_explain(path: Path, write: Callable[[Path], None], size: Callable[[
             else "the write stopped part-way, as when the disk fills"
         kept = (f"{run_dir} keeps epochs 1-{complete_epochs} complete (last.pt, history.csv)" if complete_epochs
                 else "no epoch is complete yet")
-        raise WriteFailedError(f"{path}: could not be written ({why}); {_free_space(path)} free there, the file "
-                               f"needs {_megabytes(size())}; {kept}", complete_epochs) from exc
+        raise WriteFailedError(f"{path}: could not be written ({why}); {_free_space(path)} free on its file "
+                               f"system, {_megabytes(size())} needed; {kept}", complete_epochs) from exc
 
 
 def _free_space(path: Path) -> str:
