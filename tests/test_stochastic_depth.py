@@ -140,12 +140,13 @@ def torchrun(nproc, out, smoke_root, port):
 
 
 def test_two_gloo_processes_with_stochastic_depth_match_one(smoke_root, tmp_path):
-    """Tolerances as tests/test_distributed.py (the two runs sum in another order); with rate 0.5, 4 of the 8
-    blocks at p >= 0.25, coins drawn per rank would drop different blocks on the two ranks."""
+    """The same blocks dropped on both ranks: the two runs compute the same thing, summed in another order.
+    Measured on these settings (2 CPU cores): losses within 5e-8 / 4e-7 relative after epochs 1 / 2; with coins
+    drawn per rank (the seed offset by the rank) the train loss of epoch 2 differed by 4e-4. Hence 2e-5."""
     h1 = torchrun(1, tmp_path / "one", smoke_root, port=29631)
     h2 = torchrun(2, tmp_path / "two", smoke_root, port=29632)
     assert [r["epoch"] for r in h2] == [1, 2]
     for a, b in zip(h1, h2):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
-        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
-        assert abs(b["train_acc"] - a["train_acc"]) <= 3 / 80 + 1e-9
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=2e-5)
+        assert abs(b["train_acc"] - a["train_acc"]) <= 1 / 80 + 1e-9
