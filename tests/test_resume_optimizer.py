@@ -5,6 +5,7 @@ with, after load_state_dict had brought back the saved foreach flags); fused SGD
 on the CPU."""
 import io
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -105,3 +106,28 @@ def test_make_optimizer_on_the_cpu_is_foreach():
     cfg = make_config("smoke", model="light_resnet18")
     opt = make_optimizer(cfg, net())
     assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0]["fused"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_resumes_a_cpu_written_run(smoke_root, tmp_path, monkeypatch):
+    """Start on the CPU (foreach SGD, NCHW), continue on a CUDA card with fp16 (a T4's; forced here on any card):
+    fused SGD under GradScaler, momentum buffers channels_last as the parameters."""
+    import lib.train as train_mod
+
+    run = tmp_path / "run"
+    settings = dict(model="light_resnet18", base_channels=8, progress=False, num_workers=0, data_dir=str(smoke_root),
+                    out=str(run), train_size=128, val_size=64, batch_size=32, epochs=2)
+    train_mod.train(make_config("smoke", device="cpu", stop_after_epochs=1, **settings))
+    monkeypatch.setattr(train_mod, "amp_dtype", lambda device: torch.float16)
+    summary = train_mod.train(make_config("smoke", device="cuda", resume=True, **settings))
+    assert summary["epochs_done"] == 2
+    rows = summary["history"]
+    assert all(np.isfinite(r["train_loss"]) for r in rows)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["scaler"] is not None  # fp16 ran with a GradScaler
+    assert ckpt["optimizer"]["param_groups"][0]["fused"] is True
+    weights = [v for k, v in ckpt["model"].items() if k.endswith("conv1.weight")]
+    buffers = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values() if s["momentum_buffer"].dim() == 4]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert buffers and all(b.is_contiguous(memory_format=torch.channels_last) for b in buffers)

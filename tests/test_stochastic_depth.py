@@ -150,3 +150,34 @@ def test_two_gloo_processes_with_stochastic_depth_match_one(smoke_root, tmp_path
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-5)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=2e-5)
         assert abs(b["train_acc"] - a["train_acc"]) <= 1 / 80 + 1e-9
+
+
+def test_host_coins_neither_recompile_nor_break_the_graph():
+    """torch.compile's view of a step: the coins are a buffer's value, so a step with other coins reuses the graph
+    (no guard on them), and the compiled forward drops what the eager one drops. aot_eager: dynamo and AOTAutograd
+    without inductor's C++ compilation (seconds)."""
+    torch._dynamo.reset()
+    cfg, model, optimizer, scheduler, criterion = setup()
+    coins = stochastic_depth_coins(model, seed=0)
+    x, y = batch()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False, fullgraph=True)
+    patterns = [[True] * 8, [False] * 8, [i % 2 == 0 for i in range(8)]]
+    for keep in patterns:  # with autograd on, as in training (no_grad would be another graph)
+        coins.keep = lambda step, keep=keep: keep
+        coins.draw(0)
+        assert torch.equal(compiled(x).detach(), model(x).detach()), keep
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    train_step(compiled, x, y, optimizer, scheduler, criterion, coins=coins)  # and a training step through it
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_evaluation_ignores_the_coins():
+    _, model, *_ = setup()
+    coins = stochastic_depth_coins(model, seed=0)
+    coins.keep = lambda step: [False] * len(coins)
+    coins.draw(0)  # every branch dropped in training...
+    plain = build_model("light_resnet18", base_channels=8, stochastic_depth_rate=0.0)
+    plain.load_state_dict(model.state_dict())
+    x, _ = batch()
+    with torch.no_grad():  # ...and all of them kept at evaluation, as without stochastic depth
+        assert torch.equal(model.eval()(x), plain.eval()(x))
