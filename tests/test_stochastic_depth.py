@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lib.config import make_config
 from lib.models import DropBranch, build_model, stochastic_depth_coins
