@@ -6,6 +6,7 @@ Loading uses ``weights_only=True``: a checkpoint is a pickle and must not be abl
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -110,15 +111,19 @@ def write_or_explain(path: Path, write: Callable[[Path], None], size: Callable[[
     system against ``size()`` bytes, and the epochs ``run_dir`` keeps complete."""
     try:
         write(path)
+        return
     except (OSError, RuntimeError) as exc:
         if not is_write_failure(exc):
             raise
         why = (exc.strerror or errno.errorcode.get(exc.errno, "") or str(exc)) if isinstance(exc, OSError) \
             else "the write stopped part-way, as when the disk fills"
-        kept = (f"{run_dir} keeps epochs 1-{complete_epochs} complete (last.pt, history.csv)" if complete_epochs
-                else "no epoch is complete yet")
-        raise WriteFailedError(f"{path}: could not be written ({why}); {_free_space(path)} free on its file "
-                               f"system, {_megabytes(size())} needed; {kept}", complete_epochs) from exc
+    # Measured once the failed write's frames are gone: torch's zip writer keeps the deleted temporary file
+    # open (its space still in use) for as long as the exception's traceback holds it.
+    gc.collect()
+    kept = (f"{run_dir} keeps epochs 1-{complete_epochs} complete (last.pt, history.csv)" if complete_epochs
+            else "no epoch is complete yet")
+    raise WriteFailedError(f"{path}: could not be written ({why}); {_free_space(path)} free on its file "
+                           f"system, {_megabytes(size())} needed; {kept}", complete_epochs)
 
 
 def _free_space(path: Path) -> str:
