@@ -14,8 +14,14 @@ import numpy as np
 import torch
 
 
+# Exit code of a run whose run folder could not be written (full disk, no permission, the folder gone):
+# sysexits.h's EX_IOERR, "an error occurred while doing I/O on some file".
+WRITE_FAILED_EXIT_CODE = 74
+
+
 class UserError(Exception):
-    """A problem the user can fix (a missing file, a bad option). The CLI prints it as one line, exit code 2."""
+    """A problem the user can fix (a missing file, a bad option). The CLI prints it as one line, exit code 2
+    (or the error's own ``exit_code``)."""
 
 
 @contextmanager
@@ -98,7 +104,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return int(main(argv) or 0)
     except UserError as exc:  # only the project's own: any other exception is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM arrives as lib.runlock.Terminated, exit_code 143
         print(str(exc) or "interrupted", file=sys.stderr)
         return getattr(exc, "exit_code", 130)

@@ -47,20 +47,72 @@ class SqueezeExcite(nn.Module):
 class DropBranch(nn.Module):
     """The notebooks' stochastic depth: in training the residual branch is dropped for the whole batch with
     probability p (one coin per forward pass), kept branches are not rescaled; identity at evaluation.
-    The coin is a 0/1 tensor on the branch's device: no host sync and no Python branch on data (torch.compile)."""
+
+    The coin is a 0/1 tensor on the branch's device: no host sync and no Python branch on data (torch.compile).
+    By itself the block draws it (``torch.rand``, the global generator); in training, ``StochasticDepthCoins``
+    draws every block's coin on the host per step and fills ``keep`` before the step (``host_coins``)."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
+        self.host_coins = False
+        self.register_buffer("keep", torch.ones(()), persistent=False)  # 1: kept, 0: dropped (host_coins)
 
     def forward(self, branch):
         if not self.training or self.p == 0:
             return branch
-        keep = torch.rand((), device=branch.device) >= self.p
+        keep = self.keep if self.host_coins else torch.rand((), device=branch.device) >= self.p
         return branch * keep.to(branch.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode=batch, no rescaling"
+
+
+class StochasticDepthCoins:
+    """Every DropBranch's coin for one training step, drawn on the host and the same on every process.
+
+    The coins of global step t come from a ``torch.Generator`` seeded with (seed, t): every torchrun rank drops
+    the same blocks (one network trained, as in one process), a resumed run draws what a straight one did, and
+    the draw needs nothing from the device. ``draw(t)`` fills each block's ``keep`` (a fill kernel, no copy from
+    the host and no sync); after backward, ``drop_gradients()`` sets the gradients of a dropped branch's own
+    parameters to None, as in the notebooks, where a dropped block returns its shortcut alone: SGD then applies
+    neither momentum nor weight decay to them that step. (Their gradients are exact zeros here, since the branch
+    is still computed and multiplied by 0; its BatchNorm statistics update, as in the notebooks.)
+    """
+
+    def __init__(self, model: nn.Module, seed: int):
+        self.seed = seed
+        self.blocks = [(m.drop_path, m.branch_parameters()) for m in model.modules()
+                       if isinstance(getattr(m, "drop_path", None), DropBranch) and m.drop_path.p > 0]
+        self.p = torch.tensor([drop.p for drop, _ in self.blocks], dtype=torch.float64)
+        self.dropped: list[nn.Parameter] = []
+        for drop, _ in self.blocks:
+            drop.host_coins = True
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def keep(self, step: int) -> list[bool]:
+        """Whether each block keeps its branch at global step ``step`` (from 0)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_033 + step)
+        return (torch.rand(len(self.blocks), generator=g, dtype=torch.float64) >= self.p).tolist()
+
+    def draw(self, step: int) -> None:
+        self.dropped = []
+        for (drop, params), kept in zip(self.blocks, self.keep(step)):
+            drop.keep.fill_(1.0 if kept else 0.0)
+            if not kept:
+                self.dropped += params
+
+    def drop_gradients(self) -> None:
+        for p in self.dropped:
+            p.grad = None
+
+
+def stochastic_depth_coins(model: nn.Module, seed: int) -> StochasticDepthCoins | None:
+    """Host coins for ``model``'s whole-batch stochastic depth (None: it has none)."""
+    coins = StochasticDepthCoins(model, seed)
+    return coins if len(coins) else None
 
 
 def _drop_path(p: float, mode: str) -> nn.Module:
@@ -91,6 +143,10 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:  # 1x1 projection + BN (ResNet's option B, as kuangliu)
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
+    def branch_parameters(self) -> list[nn.Parameter]:
+        """What only the residual branch uses: all but the shortcut's."""
+        return _without(self.parameters(), self.shortcut.parameters())
+
     def forward(self, x):
         out = self.dropout(F.relu(self.bn1(self.conv1(x))))
         out = self.drop_path(self.se(self.bn2(self.conv2(out))))
@@ -120,6 +176,14 @@ class PreActBlock(nn.Module):
         if stride != 1 or cin != cout:  # 1x1 projection without BN, on the pre-activated input; not in the 62 layers
             self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
 
+    def branch_parameters(self) -> list[nn.Parameter]:
+        """What only the residual branch uses: with a projection shortcut, all but bn1, the input SE and the
+        projection, which the shortcut takes too; with the identity, all (x itself is the shortcut)."""
+        if self.shortcut is None:
+            return list(self.parameters())
+        shared = [*self.bn1.parameters(), *self.shortcut.parameters(), *(self.se.parameters() if self.se_in else [])]
+        return _without(self.parameters(), shared)
+
     def forward(self, x):
         out = F.relu(self.bn1(x))
         if self.se_in:
@@ -129,6 +193,11 @@ class PreActBlock(nn.Module):
         if not self.se_in:
             out = self.se(out)
         return self.drop_path(out) + skip
+
+
+def _without(params, shared) -> list[nn.Parameter]:
+    shared_ids = {id(p) for p in shared}
+    return [p for p in params if id(p) not in shared_ids]
 
 
 class ResNet(nn.Module):

@@ -11,11 +11,14 @@ on MixUp/CutMix soft targets, per-epoch history and atomic checkpoints.
 RUN_DIR receives config.json (every setting, versions, device, git commit), history.csv (one row per epoch),
 last.pt (every epoch) and best.pt (each new best validation accuracy). One process at a time writes a run
 folder (a second one exits with code 2); SIGTERM, like Ctrl-C, abandons the epoch in progress (exit code 143).
+A file of the run folder that cannot be written (a full disk, no permission) ends the run with one line and exit
+code 74; the folder keeps the epochs before, complete.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import platform
@@ -32,16 +35,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+from packaging.version import Version
 from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
-from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, WriteFailedError, read_checkpoint, write_or_explain
 from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
                      seed_everything)
 from .config import MODEL_FIELDS, RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
-from .models import build_model, count_parameters, resolve_config
+from .models import build_model, count_parameters, resolve_config, stochastic_depth_coins
 from .runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
 from .smoke_data import ensure_smoke_data
 
@@ -63,11 +67,9 @@ class DivergedError(UserError):
 # The recipe's pieces (also used by lib.bench, so the benchmark times exactly what training runs)
 # ----------------------------------------------------------------------------------------------------
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD-Nesterov. On CUDA the fused kernel: one launch for every parameter, and under fp16 it reads
-    GradScaler's scale and inf flag on the device (foreach SGD makes GradScaler.step wait for the host each step);
-    elsewhere foreach."""
+    """SGD-Nesterov, with the implementation ``sgd_implementation`` picks for the parameters' device."""
     params = list(model.parameters())
-    fused = params[0].device.type == "cuda"
+    fused = sgd_implementation(params[0].device, cfg.compile) == "fused"
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
     if fused and cfg.momentum > 0:
@@ -77,6 +79,35 @@ def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
         for p in params:
             optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
     return optimizer
+
+
+def sgd_implementation(device: torch.device, compile: bool = False, torch_version: str | None = None) -> str:
+    """"fused" on CUDA: one launch for every parameter, and under fp16 it reads GradScaler's scale and inf flag on
+    the device (foreach SGD makes GradScaler.step wait for the host each step); "foreach" elsewhere, and on CUDA
+    with --compile before torch 2.5: until PyTorch PR #134546 fused optimizers compared strides on size-1
+    dimensions too, and a compiled 1x1 convolution's gradient can come out contiguous while its channels_last
+    weight is not (the same failure for fused Adam: PyTorch issue #126585)."""
+    if torch.device(device).type != "cuda":
+        return "foreach"
+    release = Version(torch_version or torch.__version__).release
+    return "foreach" if compile and release[:2] < (2, 5) else "fused"
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, the optimizer staying as this device built it, whatever device wrote
+    ``state``: the saved param groups bring back their own fused / foreach flags (a foreach run resumed with fused
+    SGD and fp16 then crashes in GradScaler.step, which still passes the fused optimizer its scale), and the saved
+    momentum buffers keep the memory format they were saved in (NCHW against channels_last parameters)."""
+    built = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, built):
+        group.update(flags)
+        for p in group["params"]:
+            buf = optimizer.state[p].get("momentum_buffer") if p in optimizer.state else None
+            if buf is not None and buf.stride() != p.stride():
+                optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)  # p's strides
+            elif buf is None and flags.get("fused") and group["momentum"] > 0:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)  # as make_optimizer: see there
 
 
 def compile_model(model: nn.Module, cuda_graphs: bool = False) -> nn.Module:
@@ -130,21 +161,28 @@ def make_criterion(cfg: RunConfig) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, dtype=None):
+def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, dtype=None, coins=None):
     """One optimisation step. Returns (loss, correct, correct_dominant) as 0-dim device tensors, no host sync:
     ``correct`` sums each image's target share of its predicted class, i.e. lam [pred == y_a] + (1 - lam)
     [pred == y_b] for a mixed pair (the notebooks' "Approx Train Acc"); ``correct_dominant`` counts
-    predictions of the larger share's label."""
+    predictions of the larger share's label. ``coins`` (lib.models.StochasticDepthCoins): the step's
+    stochastic-depth coins, drawn for the scheduler's step count (the global step, kept across --resume)."""
+    if coins is not None:
+        coins.draw(scheduler.last_epoch)
     with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(x)
         loss = criterion(logits, soft_y)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:  # fp16 only; bf16 needs no loss scaling
         scaler.scale(loss).backward()
+        if coins is not None:
+            coins.drop_gradients()
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if coins is not None:
+            coins.drop_gradients()
         optimizer.step()
     scheduler.step()
     pred = logits.detach().argmax(1, keepdim=True)
@@ -344,6 +382,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
     scheduler = make_scheduler(cfg, optimizer, len(train_loader))
     criterion = make_criterion(cfg)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None  # bf16 needs no scaling
+    coins = stochastic_depth_coins(model, cfg.seed)  # the same blocks dropped on every rank
     if cfg.compile:  # checkpoints and evaluation use `model` itself
         step_model = compile_model(step_model, cuda_graphs=cfg.cuda_graphs)
 
@@ -351,7 +390,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
     best_val_acc, best_epoch, start_epoch = 0.0, 0, 0
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        load_optimizer_state(optimizer, resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         if scaler is not None and resume_ckpt.get("scaler"):
             scaler.load_state_dict(resume_ckpt["scaler"])
@@ -401,7 +440,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
             train_loss, train_acc, train_acc_dominant = ctx.average(*_train_epoch(
-                cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch, last_path))
+                cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch, last_path,
+                coins))
             # ctx.average: over the ranks' equal shares
             val_loss, val_acc = evaluate(model, val_loader, dtype)
             if not history or val_acc > best_val_acc:  # strictly better: the first epoch of a tie stays best
@@ -416,11 +456,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; _catch_up on
             # --resume levels them, so best.pt is always the epoch history.csv calls best.
             with signals_deferred():
-                state = checkpoint(epoch + 1)
-                atomic_torch_save(state, last_path)
-                if best_epoch == epoch + 1:
-                    atomic_torch_save(state, best_path)
-                write_history(history, run_dir / "history.csv")
+                _save_epoch(checkpoint(epoch + 1), run_dir, best_epoch == epoch + 1)
             print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4f}  train_loss {train_loss:.4f}  "
                   f"train_acc {train_acc:.2%}  val_loss {val_loss:.4f}  val_acc {val_acc:.2%}  "
                   f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
@@ -442,6 +478,36 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             "schedule": cfg.schedule_words(done)}
 
 
+def _save_epoch(state: dict[str, Any], run_dir: Path, is_best: bool) -> None:
+    """last.pt, best.pt (``is_best``) and history.csv of epoch ``state["epoch"]``, in that order (see the loop).
+    One that cannot be written ends the run with WriteFailedError: until last.pt is written the folder holds the
+    epoch before, complete; after it, --resume levels best.pt and history.csv with it (_catch_up)."""
+    epoch, history = state["epoch"], state["history"]
+
+    def checkpoint_bytes() -> int:
+        buffer = io.BytesIO()
+        try:
+            torch.save(state, buffer)
+        except Exception:  # noqa: BLE001 - only a size for the message: the tensors' bytes, nearly all of it
+            return sum(t.numel() * t.element_size() for d in (state["model"], *state["optimizer"]["state"].values())
+                       for t in d.values() if isinstance(t, torch.Tensor))
+        return buffer.tell()
+
+    def history_bytes() -> int:
+        tmp = io.StringIO()
+        w = csv.DictWriter(tmp, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(history)
+        return len(tmp.getvalue().encode())
+
+    write_or_explain(run_dir / "last.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
+                     epoch - 1)
+    if is_best:
+        write_or_explain(run_dir / "best.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
+                         epoch)
+    write_or_explain(run_dir / "history.csv", lambda p: write_history(history, p), history_bytes, run_dir, epoch)
+
+
 def _out_of_time(limit_minutes: float, started: float | None, last_epoch_seconds: float) -> str | None:
     """Why to stop before the next epoch (None: it is predicted to fit): the next epoch is predicted to take as
     long as the last one did (validation and checkpoint included), plus 5%."""
@@ -453,7 +519,7 @@ def _out_of_time(limit_minutes: float, started: float | None, last_epoch_seconds
 
 
 def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch,
-                 last_path) -> tuple[float, float, float]:
+                 last_path, coins=None) -> tuple[float, float, float]:
     """One pass over the training batches, in train mode; returns (mean loss, lambda-weighted accuracy,
     accuracy against the dominant label)."""
     device = next(step_model.parameters()).device
@@ -466,7 +532,7 @@ def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
                disable=not _show_progress(cfg), mininterval=1.0, dynamic_ncols=True)
     for step, (x, soft_y) in enumerate(bar, 1):
         loss, n_correct, n_dominant = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler,
-                                                 dtype)
+                                                 dtype, coins)
         loss_sum += loss
         correct += n_correct
         correct_dominant += n_dominant
@@ -498,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except WriteFailedError as exc:  # run_cli: one line, exit code WRITE_FAILED_EXIT_CODE
+        again = argv if "--resume" in argv or not exc.complete_epochs else [*argv, "--resume"]
+        raise exc.with_command(f"python -m lib.train {shlex.join(again)}") from None
     except KeyboardInterrupt:
         resume = argv if "--resume" in argv else [*argv, "--resume"]
         print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
