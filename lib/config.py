@@ -87,7 +87,7 @@ class RunConfig:
     val_size: Optional[int] = _data("seeded class-balanced subset of the validation split")
 
     epochs: int = _recipe("epochs of the schedule (the cosine annealing runs over all of them)", 300)
-    batch_size: int = _recipe("images per step (per process under torchrun)", 128)
+    batch_size: int = _recipe("images per step (under torchrun the global batch, shared by the processes)", 128)
     lr: float = _recipe("initial (peak) learning rate", 0.1)
     momentum: float = _recipe("SGD Nesterov momentum", 0.9)
     weight_decay: float = _recipe("SGD weight decay", 5e-4)
