@@ -88,7 +88,7 @@ lab: venv
 bench: venv
 	$(PY) -m lib.bench --json $(SCRATCH)/bench.json
 
-# `make gpu-check`: a new GPU machine checked in under 10 minutes (python -m lib.gpu_check; its docstring says
+# `make gpu-check`: a new GPU machine checked in under 10 minutes (python -m lib.bench.gpu_check; its docstring says
 # more): the CUDA tests, eager vs compiled training steps (lib.bench), then RobustResNet64 on its 300-epoch paper
 # schedule for what is left of GPU_MINUTES (--time-limit, --resume: a second call continues it). Every result lands
 # in GPU_OUT as its stage ends; a failing stage never stops the next. GPU_PY=python3: any python with torch,
@@ -103,12 +103,12 @@ GPU_JPEG    ?= data/cifar10-jpeg
 GPU_ARGS    ?=
 GPU_PYTHON  := $(if $(GPU_PY),$(GPU_PY),$(PY))
 gpu-check: $(if $(GPU_PY),,venv)
-	$(GPU_PYTHON) -m lib.gpu_check --out $(GPU_OUT) --minutes $(GPU_MINUTES) --data-dir $(DATA) \
+	$(GPU_PYTHON) -m lib.bench.gpu_check --out $(GPU_OUT) --minutes $(GPU_MINUTES) --data-dir $(DATA) \
 		$(if $(wildcard $(GPU_JPEG)/cifar10_from_jpeg.py),--jpeg-dir $(GPU_JPEG)) $(GPU_ARGS)
 
 gpu-dry-run: $(if $(GPU_PY),,venv)
 	rm -rf $(SCRATCH)/gpu-dry-run
-	$(GPU_PYTHON) -m lib.gpu_check --dry-run --out $(SCRATCH)/gpu-dry-run --minutes 4 --min-train-minutes 1 $(GPU_ARGS)
+	$(GPU_PYTHON) -m lib.bench.gpu_check --dry-run --out $(SCRATCH)/gpu-dry-run --minutes 4 --min-train-minutes 1 $(GPU_ARGS)
 
 clean:
 	rm -rf $(SCRATCH) runs/*_smoke* data/smoke .pytest_cache

@@ -1,4 +1,4 @@
-"""lib.gpu_check (make gpu-check): option errors before anything runs, the choice of the training step, and a dry
+"""lib.bench.gpu_check (make gpu-check): option errors before anything runs, the choice of the training step, and a dry
 run on the CPU in which a failing stage does not stop the ones after it."""
 import json
 import os
@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from lib import gpu_check
+from lib.bench import gpu_check
 from lib.common import run_cli
-from lib.gpu_check import choose_step, fastest_step
+from lib.bench.gpu_check import choose_step, fastest_step
 
 REPO = gpu_check.REPO
 
@@ -72,7 +72,7 @@ def test_dry_run_keeps_every_stage_when_one_fails(smoke_root, tmp_path):
     """The benchmark made to fail (an unknown model): the training after it still runs, every stage's log and the
     run's files are in OUT, and summary.json and the exit code say which stages failed."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lib.gpu_check", "--dry-run", "--out", str(out), "--data-dir", str(smoke_root),
+    cmd = [sys.executable, "-m", "lib.bench.gpu_check", "--dry-run", "--out", str(out), "--data-dir", str(smoke_root),
            "--minutes", "3", "--min-train-minutes", "0.5", "--bench-args", "--models resnet9000",
            "--skip", "compile_tests"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400,

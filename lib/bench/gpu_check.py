@@ -1,10 +1,10 @@
 """Check a GPU machine in one command, in under 10 minutes (``make gpu-check``): the CUDA tests, eager against
 compiled training steps, then RobustResNet64 on its 300-epoch paper schedule for the time that is left.
 
-    python -m lib.gpu_check --data-dir data                  # CIFAR-10 in data/cifar-10-batches-py/
-    python -m lib.gpu_check --download                       # fetch the official archive into --data-dir first
-    python -m lib.gpu_check --jpeg-dir data/jpeg             # convert the JPEG copy of CIFAR-10 found there
-    python -m lib.gpu_check --dry-run --out scratch/gpu-dry-run   # every stage on the CPU on smoke data, minutes
+    python -m lib.bench.gpu_check --data-dir data                  # CIFAR-10 in data/cifar-10-batches-py/
+    python -m lib.bench.gpu_check --download                       # fetch the official archive into --data-dir first
+    python -m lib.bench.gpu_check --jpeg-dir data/jpeg             # convert the JPEG copy of CIFAR-10 found there
+    python -m lib.bench.gpu_check --dry-run --out scratch/gpu-dry-run   # every stage on the CPU on smoke data, minutes
 
 Any python with torch, torchvision, pandas and pytest runs it (no network needed but for --download). Stages, each
 a child process under its own time limit, its output in OUT/<stage>.log; OUT/summary.json is rewritten as each
@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import ArgumentParser, UserError, atomic_write_text, run_cli
+from ..common import ArgumentParser, UserError, atomic_write_text, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "robust_resnet64"
 JPEG_FILES = ("cifar10_from_jpeg.py", "cifar10-train-jpeg.tar.gz", "cifar10-test-jpeg.tar.gz")
 # The training steps the benchmarks compare, and the lib.train flags of each.
@@ -176,7 +176,7 @@ def prepare_data(check: Check, args) -> bool:
     """True when --data-dir holds CIFAR-10 (after converting or downloading it if need be)."""
     data, py = args.data_dir, sys.executable
     if args.dry_run and not has_cifar(data):
-        from .smoke_data import write_smoke_dataset
+        from ..smoke_data import write_smoke_dataset
         write_smoke_dataset(data)
         check.say(f"== data: synthetic smoke data in {data} (dry run)")
         check.record("data", "passed", data=str(data), source="synthetic smoke data (dry run)")
@@ -283,7 +283,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m lib.gpu_check", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lib.bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="every result goes here")
     p.add_argument("--minutes", type=float, default=9.5, help="the whole check, stages and training (default 9.5)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
