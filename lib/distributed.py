@@ -84,6 +84,15 @@ class Context:
         dist.all_reduce(t)
         return tuple((t / self.world_size).tolist())
 
+    def max_over_ranks(self, *values: float) -> tuple[float, ...]:
+        """Each value's maximum over the ranks: a decision every rank then takes alike (stop or go on)."""
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64,
+                         device=torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return tuple(t.tolist())
+
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
