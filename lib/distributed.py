@@ -61,12 +61,10 @@ class Context:
         """The module the training step calls: DDP over ``model`` (whose state_dict checkpoints keep as before)."""
         if not self.active:
             return model
-        if sync_bn and device.type == "cuda":  # in place for a ResNet: same parameters, same state_dict keys
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif sync_bn:
+        if sync_bn:  # SyncBatchNorm2d, not nn.SyncBatchNorm: no host sync per layer on CUDA (its docstring)
             for module in model.modules():
                 if type(module) is nn.BatchNorm2d:
-                    module.__class__ = CpuSyncBatchNorm2d  # forward only differs: parameters and buffers stay
+                    module.__class__ = SyncBatchNorm2d  # forward only differs: parameters and buffers stay
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def shard(self, loader, global_batch: int, seed: int):
@@ -200,23 +198,32 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class CpuSyncBatchNorm2d(nn.BatchNorm2d):
-    """SyncBatchNorm for gloo/CPU processes, which torch's nn.SyncBatchNorm refuses (it needs CUDA): in training
-    the per-channel sum, sum of squares and count are all-reduced (with autograd, so the backward pass sees the
-    global statistics too) and the batch is normalised with the global mean and biased variance; the running
-    statistics get the unbiased one, as BatchNorm2d. Evaluation is BatchNorm2d's own."""
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over the global batch of all processes, on any device, without a host sync (nn.SyncBatchNorm
+    reads a count through a boolean mask in every layer: a host sync each, and a graph break under
+    torch.compile). In training each rank's per-channel count, mean and sum of squared deviations (``stats_dtype``,
+    also under autocast) travel in one all-reduce, as its own row of a zero matrix (an all-gather that every
+    backend has), with autograd, so the backward pass sees the global statistics too. Chan et al.'s pairwise
+    formula combines them (no E[x^2] - E[x]^2 cancellation). The batch is normalised with the global mean and
+    biased variance; the running statistics get the unbiased one, as BatchNorm2d. Evaluation is BatchNorm2d's."""
+
+    # None: float64 on the CPU (as BatchNorm2d's CPU kernels accumulate), float32 on GPUs (as theirs; float64 is
+    # slow there); each rank's mean is rounded to it before the ranks combine
+    stats_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        c = x.shape[1]
-        # float64 sums: E[x^2] - E[x]^2 in float32 loses digits when the mean is large against the spread
-        x64 = x.double()
-        local = torch.cat([x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3)), x64.new_full((1,), x.numel() / c)])
-        total = _AllReduceSum.apply(local)
-        n = total[-1]
-        mean64 = total[:c] / n
-        mean, var = mean64.to(x.dtype), (total[c:2 * c] / n - mean64 * mean64).to(x.dtype)
+        c, world, rank = x.shape[1], dist.get_world_size(), dist.get_rank()
+        xs = x.to(self.stats_dtype or (torch.float64 if x.device.type == "cpu" else torch.float32))
+        var_local, mean_local = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
+        n_local = x.numel() // c
+        local = torch.cat([mean_local, var_local * n_local, mean_local.new_full((1,), n_local)])
+        rows = _AllReduceSum.apply(nn.functional.pad(local[None], (0, 0, rank, world - rank - 1)))
+        means, sq_dev, counts = rows[:, :c], rows[:, c:2 * c], rows[:, 2 * c:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (sq_dev + counts * (means - mean) ** 2).sum(0) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -224,5 +231,7 @@ class CpuSyncBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - m).add_(m * mean)
                 self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
         shape = (1, c, 1, 1)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:
+            return ((xs - mean.view(shape)) * scale.view(shape)).to(x.dtype)
+        return ((xs - mean.view(shape)) * (scale * self.weight).view(shape) + self.bias.view(shape)).to(x.dtype)
