@@ -6,8 +6,11 @@ torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) sets up 
 GPU per process, gloo on the CPU. The configured ``--batch-size`` stays the *global* batch, so the recipe (and its
 learning rate) is the report's at any N: every step, the global batch is drawn as in one process and each rank
 takes its 1/N slice, augments and mixes it itself, and DDP averages the gradients. Rank 0 alone writes the run
-folder; the others only train. Without torchrun (no WORLD_SIZE in the environment) nothing here is used and
-``lib.train`` runs exactly as in one process.
+folder; the others only train. Every rank takes the same decision to stop (``Context.max_over_ranks``): the
+time limit from the slowest rank's clock, a non-finite loss or a SIGTERM/Ctrl-C on any rank at the next loss check
+(every 50 steps and at each epoch's end), so all ranks stop after the same step and none is left waiting in a
+collective. ``--sync-bn`` uses ``SyncBatchNorm2d`` (no host sync per layer) on any device. Without torchrun (no
+WORLD_SIZE in the environment) nothing here is used and ``lib.train`` runs exactly as in one process.
 """
 from __future__ import annotations
 

@@ -413,8 +413,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             if not history or val_acc > best_val_acc:  # strictly better: the first epoch of a tie stays best
                 best_val_acc, best_epoch = val_acc, epoch + 1
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "train_acc_dominant": train_acc_dominant, "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": best_val_acc,
-                   "epoch_seconds": time.perf_counter() - t0}
+                   "train_acc_dominant": train_acc_dominant, "val_loss": val_loss, "val_acc": val_acc,
+                   "best_val_acc": best_val_acc, "epoch_seconds": time.perf_counter() - t0}
             history.append(row)
             if not ctx.is_main:  # rank 0's time, with its checkpoint, is the larger one (_stop_before_epoch)
                 next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
