@@ -38,6 +38,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def launch_command() -> str:
+    """The command that started this run, less its arguments (for the line that says how to continue it)."""
+    if not launched_by_torchrun():
+        return "python -m lib.train"
+    world, per_node = os.environ["WORLD_SIZE"], os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+    if world == per_node:
+        return f"torchrun --nproc_per_node {per_node} -m lib.train"
+    return f"torchrun --nnodes {int(world) // int(per_node)} --nproc_per_node {per_node} (and this job's " \
+           f"rendezvous options) -m lib.train"
+
+
 @dataclass
 class Context:
     """Where this process stands: rank 0 of 1 outside torchrun."""

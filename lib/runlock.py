@@ -129,6 +129,10 @@ def interrupts_handled(shared: bool = False) -> Iterator[None]:
     _pending.clear()
     try:
         yield
+    except BaseException:
+        if shared:  # all ranks stop: torchrun SIGTERMs those still running once one has exited; this one
+            previous = {s: signal.SIG_IGN for s in previous}  # still prints its last lines and exits itself
+        raise
     finally:
         _shared = False
         _pending.clear()

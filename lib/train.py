@@ -562,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         resume = argv if "--resume" in argv else [*argv, "--resume"]
-        print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
+        if distributed.is_main_process():  # under torchrun once, not once per rank
+            print(f"continue with: {distributed.launch_command()} {shlex.join(resume)}", file=sys.stderr)
         raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
     if distributed.is_main_process():
         done = summary["epochs_done"]

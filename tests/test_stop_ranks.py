@@ -88,6 +88,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(smoke_root, tmp_path
             output[-3000:]
         assert not any("Traceback" in line for line in lines), output[-3000:]
     assert re.search(r"exitcode\s*:\s*143", output), output[-3000:]  # torchrun's report of the processes' code
+    continue_lines = [line for rank in (0, 1) for line in rank_lines(output, rank) if "continue with:" in line]
+    assert len(continue_lines) == 1 and "continue with: torchrun --nproc_per_node 2 -m lib.train" in \
+        continue_lines[0] and continue_lines[0].endswith("--resume"), output[-3000:]
     assert history_epochs(run) == [1]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     code, output, _ = torchrun(run, smoke_root, "--resume", "--stop-after-epochs", "2", port=29634)
