@@ -5,6 +5,8 @@ Colab runtime, a crash), so a folder is never left locked for good and ``--resum
 SIGTERM (Slurm, Colab, preemptible cloud GPUs, ``kill``) raises ``Terminated``, a ``KeyboardInterrupt``: the
 epoch in progress is abandoned exactly as on Ctrl-C. Neither signal lands between the writes of one epoch's
 last.pt, best.pt and history.csv (``signals_deferred``), so those three always describe the same epochs.
+Under torchrun (``interrupts_handled(shared=True)``) a signal is only recorded: the training loop reads
+``pending_signal()`` at points every rank reaches and all ranks stop there together, whichever got the signal.
 """
 from __future__ import annotations
 
@@ -89,32 +91,51 @@ def _lock(fd: int, run_dir: Path) -> bool:
 # Signals: SIGTERM -> Terminated; SIGINT/SIGTERM wait until a checkpoint's writes are done
 # ----------------------------------------------------------------------------------------------------------
 _deferring = False
+_shared = False  # torchrun: signals wait for a point every rank reaches (pending_signal)
 _pending: list[int] = []
 
 
-def _raise_for(signum: int):
+def raise_for(signum: int):
+    """Stop as the signal ``signum`` does: Terminated for SIGTERM, KeyboardInterrupt for SIGINT."""
     if signum == signal.SIGTERM:
         raise Terminated("terminated (SIGTERM)")
     raise KeyboardInterrupt
 
 
 def _handler(signum, frame):
-    if _deferring:
+    if _deferring or _shared:
         _pending.append(signum)
     else:
-        _raise_for(signum)
+        raise_for(signum)
+
+
+def pending_signal() -> int:
+    """The signal recorded under ``interrupts_handled(shared=True)`` (SIGTERM before SIGINT), 0 if none."""
+    return max(_pending, default=0)  # SIGTERM (15) > SIGINT (2): its exit code wins
 
 
 @contextmanager
-def interrupts_handled() -> Iterator[None]:
-    """Install the SIGTERM/SIGINT handlers for the block (main thread only: elsewhere Python allows none)."""
+def interrupts_handled(shared: bool = False) -> Iterator[None]:
+    """Install the SIGTERM/SIGINT handlers for the block (main thread only: elsewhere Python allows none).
+
+    ``shared``: record the signals only; the caller stops at a point every process reaches (``pending_signal``),
+    so that no rank leaves while the others wait for it in a collective."""
+    global _shared
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    _shared = shared
+    _pending.clear()
     try:
         yield
+    except BaseException:
+        if shared:  # all ranks stop: torchrun SIGTERMs those still running once one has exited; this one
+            previous = {s: signal.SIG_IGN for s in previous}  # still prints its last lines and exits itself
+        raise
     finally:
+        _shared = False
+        _pending.clear()
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -128,7 +149,8 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         _deferring = False
-        pending = _pending[:1]
-        _pending.clear()
+        pending = [] if _shared else _pending[:1]  # shared: left for pending_signal()
+        if not _shared:
+            _pending.clear()
     if pending:
-        _raise_for(pending[0])
+        raise_for(pending[0])

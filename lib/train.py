@@ -46,7 +46,8 @@ from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_t
 from .config import MODEL_FIELDS, RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
 from .models import build_model, count_parameters, resolve_config, stochastic_depth_coins
-from .runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
+from .runlock import (Terminated, hold_run_dir, interrupts_handled, pending_signal, raise_for,
+                      signals_deferred)
 from .smoke_data import ensure_smoke_data
 
 # train_acc: the notebooks' "Approx Train Acc" (Figure 1's training curve): lambda-weighted agreement with both
@@ -57,6 +58,9 @@ HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "train_acc_dominant"
 RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "cuda_graphs", "download",
                      "data_dir", "stop_after_epochs", "time_limit"}
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
+# --time-limit extrapolates a process's first epoch from the steps after these: compilation, cuDNN autotuning and
+# CUDA graph capture happen in them once, not in every epoch
+UNTIMED_STEPS = 3
 
 
 class DivergedError(UserError):
@@ -344,7 +348,8 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     if not ctx.is_main:  # rank 0 alone holds and writes the run folder and shows progress
         cfg = dataclasses.replace(cfg, progress=False)
     try:
-        with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled():
+        # torchrun: a signal to any rank stops all of them at the same step (pending_signal, _check_in)
+        with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled(shared=ctx.active):
             return _train_held(cfg, ctx.device(device), run_dir, on_epoch, ctx, started)
     finally:
         ctx.close()
@@ -352,7 +357,7 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
 
 def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
                 ctx: distributed.Context = distributed.Context(), started: float | None = None) -> dict[str, Any]:
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path = run_dir / "last.pt"
     resume_ckpt = _open_run(cfg, run_dir, catch_up=ctx.is_main)
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
@@ -427,30 +432,31 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
         print(f"{cfg.model}: {count_parameters(model) / 1e6:.2f}M parameters | {splits.description} | "
               f"{device} ({loader_kind} loader, amp={dtype}, channels_last={channels_last})"
               + (f" | {ctx.world_size} processes (torchrun)" if ctx.active else ""), file=sys.stderr)
-    epoch, stopped, last_epoch_seconds = start_epoch, None, None
+    epoch, stopped, next_epoch_seconds = start_epoch, None, None
     try:
         for epoch in range(start_epoch, stop_epoch):
-            if cfg.time_limit is not None and last_epoch_seconds is not None:
-                stopped = _out_of_time(cfg.time_limit, started, last_epoch_seconds)
-                if stopped:
-                    break
+            stopped = _stop_before_epoch(cfg, ctx, started, next_epoch_seconds)
+            if stopped:
+                break
             seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank its own augmentation
             if hasattr(train_loader, "set_epoch"):  # torchrun: the epoch's global batch order
                 train_loader.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]  # the lr of the epoch's first step
+            timing = {} if epoch == start_epoch else None  # this process's first epoch: compiles, autotunes
             train_loss, train_acc, train_acc_dominant = ctx.average(*_train_epoch(
                 cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch, last_path,
-                coins))
+                ctx, timing, coins))
             # ctx.average: over the ranks' equal shares
             val_loss, val_acc = evaluate(model, val_loader, dtype)
             if not history or val_acc > best_val_acc:  # strictly better: the first epoch of a tie stays best
                 best_val_acc, best_epoch = val_acc, epoch + 1
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "train_acc_dominant": train_acc_dominant, "val_loss": val_loss, "val_acc": val_acc, "best_val_acc": best_val_acc,
-                   "epoch_seconds": time.perf_counter() - t0}
+                   "train_acc_dominant": train_acc_dominant, "val_loss": val_loss, "val_acc": val_acc,
+                   "best_val_acc": best_val_acc, "epoch_seconds": time.perf_counter() - t0}
             history.append(row)
-            if not ctx.is_main:
+            if not ctx.is_main:  # rank 0's time, with its checkpoint, is the larger one (_stop_before_epoch)
+                next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
                 continue
             # Order: last.pt, best.pt, history.csv, with Ctrl-C/SIGTERM held back meanwhile. A kill -9 in
             # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; _catch_up on
@@ -462,7 +468,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
                   f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
             if on_epoch is not None:
                 on_epoch(dict(row))
-            last_epoch_seconds = time.perf_counter() - t0  # training, validation, checkpoint and callback
+            # training, validation, checkpoint and callback
+            next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lib.runlock.Terminated)
         why = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{why} during epoch {epoch + 1}/{cfg.epochs}: it is abandoned; {run_dir} keeps epochs 1-"
@@ -470,10 +477,14 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
               f"--resume", file=sys.stderr)
         raise
     done = len(history)
-    if done < cfg.epochs and ctx.is_main:
+    if done < cfg.epochs:
         why = stopped or f"--stop-after-epochs {cfg.stop_after_epochs}"
-        print(f"stopped after epoch {done} of {cfg.epochs} ({why}); {run_dir} holds {cfg.schedule_words(done)}. "
-              f"To continue, run again with the same settings and --resume", file=sys.stderr)
+        if ctx.is_main:
+            print(f"stopped after epoch {done} of {cfg.epochs} ({why}); {run_dir} holds "
+                  f"{cfg.schedule_words(done)}. To continue, run again with the same settings and --resume",
+                  file=sys.stderr)
+        else:  # each rank's own log says where it stopped: the same epoch as rank 0
+            print(f"process {ctx.rank}: stopped after epoch {done} of {cfg.epochs} ({why})", file=sys.stderr)
     return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": done, "history": history,
             "schedule": cfg.schedule_words(done)}
 
@@ -508,20 +519,64 @@ def _save_epoch(state: dict[str, Any], run_dir: Path, is_best: bool) -> None:
     write_or_explain(run_dir / "history.csv", lambda p: write_history(history, p), history_bytes, run_dir, epoch)
 
 
-def _out_of_time(limit_minutes: float, started: float | None, last_epoch_seconds: float) -> str | None:
-    """Why to stop before the next epoch (None: it is predicted to fit): the next epoch is predicted to take as
-    long as the last one did (validation and checkpoint included), plus 5%."""
+def _stop_before_epoch(cfg: RunConfig, ctx: distributed.Context, started: float | None,
+                       next_epoch_seconds: float | None) -> str | None:
+    """Why to stop before the next epoch (None: go on), the same on every rank: under torchrun the ranks'
+    elapsed times, predictions and pending signals are maxed over the ranks first. A signal raises here."""
     elapsed = time.monotonic() - started if started is not None else 0.0
-    if elapsed + 1.05 * last_epoch_seconds > 60 * limit_minutes:
+    signum = pending_signal()
+    if ctx.active:
+        elapsed, predicted, signum = ctx.max_over_ranks(
+            elapsed, -1.0 if next_epoch_seconds is None else next_epoch_seconds, signum)
+        next_epoch_seconds = None if predicted < 0 else predicted
+    if signum:
+        raise_for(int(signum))
+    if cfg.time_limit is None or next_epoch_seconds is None:
+        return None
+    return _out_of_time(cfg.time_limit, elapsed, next_epoch_seconds)
+
+
+def _out_of_time(limit_minutes: float, elapsed: float, next_epoch_seconds: float) -> str | None:
+    """Why to stop before the next epoch (None: it is predicted to fit): the next epoch is predicted to take
+    ``next_epoch_seconds`` (_next_epoch_seconds), plus 5%."""
+    if elapsed + 1.05 * next_epoch_seconds > 60 * limit_minutes:
         return (f"--time-limit {limit_minutes:g} minutes: {elapsed / 60:.1f} minutes gone, the next epoch "
-                f"(about {last_epoch_seconds:.0f} s) would not fit")
+                f"(about {next_epoch_seconds:.0f} s) would not fit")
     return None
 
 
+def _next_epoch_seconds(epoch_seconds: float, timing: dict[str, float] | None) -> float:
+    """The next epoch takes as long as this one did (training, validation, checkpoint), except that in a
+    process's first epoch (``timing`` from _train_epoch) the first UNTIMED_STEPS steps, which compile and
+    autotune, are counted as long as the steps after them."""
+    if not timing or "warm_at" not in timing:
+        return epoch_seconds
+    steady = (timing["end"] - timing["warm_at"]) * timing["steps"] / (timing["steps"] - timing["warm_step"])
+    return epoch_seconds - (timing["end"] - timing["start"]) + steady
+
+
+def _check_in(ctx: distributed.Context, mean_loss: float, epoch: int, step: int, last_path: Path) -> None:
+    """Stop here if the loss is not finite or a signal came, on any rank: every rank checks in at the same
+    steps, so all of them stop together and none waits in a collective for one that left."""
+    diverged = 0 if math.isfinite(mean_loss) else ctx.rank + 1
+    signum = pending_signal()
+    if ctx.active:
+        diverged, signum = ctx.max_over_ranks(diverged, signum)
+    if diverged:
+        what = f"loss became {mean_loss}" if not math.isfinite(mean_loss) else \
+            f"loss became non-finite in process {int(diverged) - 1}"
+        raise DivergedError(
+            f"{what} at epoch {epoch + 1}, step {step}; stopped. Last good "
+            f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
+    if signum:
+        raise_for(int(signum))
+
+
 def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch,
-                 last_path, coins=None) -> tuple[float, float, float]:
+                 last_path, ctx: distributed.Context = distributed.Context(),
+                 timing: dict[str, float] | None = None, coins=None) -> tuple[float, float, float]:
     """One pass over the training batches, in train mode; returns (mean loss, lambda-weighted accuracy,
-    accuracy against the dominant label)."""
+    accuracy against the dominant label). ``timing``: filled with when the steps after UNTIMED_STEPS began."""
     device = next(step_model.parameters()).device
     step_model.train()  # evaluate() left the model in eval mode: dropout, stochastic depth and BN updates on
     loss_sum = torch.zeros((), device=device)
@@ -530,6 +585,9 @@ def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
     seen = 0
     bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not _show_progress(cfg), mininterval=1.0, dynamic_ncols=True)
+    steps = len(train_loader)
+    if timing is not None:
+        timing["start"] = time.perf_counter()
     for step, (x, soft_y) in enumerate(bar, 1):
         loss, n_correct, n_dominant = train_step(step_model, x, soft_y, optimizer, scheduler, criterion, scaler,
                                                  dtype, coins)
@@ -537,14 +595,17 @@ def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
         correct += n_correct
         correct_dominant += n_dominant
         seen += len(soft_y)
-        if step % CHECK_FINITE_EVERY == 0 or step == len(train_loader):
+        if timing is not None and step == UNTIMED_STEPS < steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # once a run: the steps so far have run, not just been queued
+            timing.update(warm_step=step, warm_at=time.perf_counter(), steps=steps)
+        if step % CHECK_FINITE_EVERY == 0 or step == steps:
             mean_loss = loss_sum.item() / step  # one host sync every CHECK_FINITE_EVERY steps
-            if not math.isfinite(mean_loss):
-                raise DivergedError(
-                    f"loss became {mean_loss} at epoch {epoch + 1}, step {step}; stopped. Last good "
-                    f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
+            _check_in(ctx, mean_loss, epoch, step, last_path)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
     bar.close()
+    if timing is not None:
+        timing["end"] = time.perf_counter()
     return loss_sum.item() / len(train_loader), correct.item() / seen, correct_dominant.item() / seen
 
 
@@ -569,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         raise exc.with_command(f"python -m lib.train {shlex.join(again)}") from None
     except KeyboardInterrupt:
         resume = argv if "--resume" in argv else [*argv, "--resume"]
-        print(f"continue with: python -m lib.train {shlex.join(resume)}", file=sys.stderr)
+        if distributed.is_main_process():  # under torchrun once, not once per rank
+            print(f"continue with: {distributed.launch_command()} {shlex.join(resume)}", file=sys.stderr)
         raise  # run_cli: exit code 130 (Ctrl-C) or 143 (SIGTERM)
     if distributed.is_main_process():
         done = summary["epochs_done"]
