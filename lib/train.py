@@ -1,6 +1,5 @@
-"""The report's training recipe, as the original notebooks ran it: SGD-Nesterov, cosine annealing (the lr of
-CosineAnnealingLR(T_max=epochs) stepped per epoch; optionally a linear warm-up), cross-entropy with label smoothing
-on MixUp/CutMix soft targets, per-epoch history and atomic checkpoints.
+"""One training run: the recipe's pieces (lib.recipe) in a loop over epochs, per-epoch history and atomic
+checkpoints (lib.checkpoint), partial schedules, and torchrun processes that stop together (lib.distributed).
 
     python -m lib.train --model robust_resnet64 --data-dir data --out runs/robust64
     python -m lib.train --profile smoke --model light_resnet18 --out runs/smoke   # tiny, CPU, synthetic data
@@ -16,47 +15,32 @@ code 74; the folder keeps the epochs before, complete.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
-import platform
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn as nn
-from packaging.version import Version
 from tqdm.auto import tqdm
 
-from . import __version__, distributed
+from . import distributed
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
-from .checkpoint import CHECKPOINT_FORMAT, WriteFailedError, read_checkpoint, write_or_explain
-from .common import (ArgumentParser, UserError, amp_dtype, atomic_path, atomic_torch_save, resolve_device, run_cli,
-                     seed_everything)
-from .config import MODEL_FIELDS, RunConfig, add_config_arguments, make_config, save_config
+from .checkpoint import (CHECKPOINT_FORMAT, WriteFailedError, device_name, git_commit, open_run, save_epoch,
+                         started_at, versions)
+from .common import ArgumentParser, UserError, amp_dtype, resolve_device, run_cli, seed_everything
+from .config import RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
-from .models import build_model, count_parameters, resolve_config, stochastic_depth_coins
+from .models import build_model, count_parameters, stochastic_depth_coins
+from .recipe import (compile_model, epoch_seed, evaluate, load_optimizer_state, make_criterion, make_optimizer,
+                     make_scheduler, train_step)
 from .runlock import (Terminated, hold_run_dir, interrupts_handled, pending_signal, raise_for,
                       signals_deferred)
 from .smoke_data import ensure_smoke_data
 
-# train_acc: the notebooks' "Approx Train Acc" (Figure 1's training curve): lambda-weighted agreement with both
-# labels of each mixed image; train_acc_dominant: agreement with the label holding the larger share.
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "train_acc_dominant", "val_loss", "val_acc",
-                  "best_val_acc", "epoch_seconds")
-# Settings that may differ when resuming: they change how the run executes, not what it computes.
-RESUME_MAY_CHANGE = {"out", "resume", "device", "progress", "num_workers", "compile", "cuda_graphs", "download",
-                     "data_dir", "stop_after_epochs", "time_limit"}
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
 # --time-limit extrapolates a process's first epoch from the steps after these: compilation, cuDNN autotuning and
 # CUDA graph capture happen in them once, not in every epoch
@@ -65,254 +49,6 @@ UNTIMED_STEPS = 3
 
 class DivergedError(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# The recipe's pieces (also used by lib.bench, so the benchmark times exactly what training runs)
-# ----------------------------------------------------------------------------------------------------
-def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD-Nesterov, with the implementation ``sgd_implementation`` picks for the parameters' device."""
-    params = list(model.parameters())
-    fused = sgd_implementation(params[0].device, cfg.compile) == "fused"
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                                weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
-    if fused and cfg.momentum > 0:
-        # Fused SGD's first step fills its new momentum buffers (torch.empty_like) only if it runs: a step
-        # GradScaler skips (inf in fp16, common at the start) would leave them uninitialised. Zeros first give
-        # the same first step (0.9 * 0 + g = g) and leave a skipped one harmless.
-        for p in params:
-            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
-    return optimizer
-
-
-def sgd_implementation(device: torch.device, compile: bool = False, torch_version: str | None = None) -> str:
-    """"fused" on CUDA: one launch for every parameter, and under fp16 it reads GradScaler's scale and inf flag on
-    the device (foreach SGD makes GradScaler.step wait for the host each step); "foreach" elsewhere, and on CUDA
-    with --compile before torch 2.5: until PyTorch PR #134546 fused optimizers compared strides on size-1
-    dimensions too, and a compiled 1x1 convolution's gradient can come out contiguous while its channels_last
-    weight is not (the same failure for fused Adam: PyTorch issue #126585)."""
-    if torch.device(device).type != "cuda":
-        return "foreach"
-    release = Version(torch_version or torch.__version__).release
-    return "foreach" if compile and release[:2] < (2, 5) else "fused"
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """``optimizer.load_state_dict(state)``, the optimizer staying as this device built it, whatever device wrote
-    ``state``: the saved param groups bring back their own fused / foreach flags (a foreach run resumed with fused
-    SGD and fp16 then crashes in GradScaler.step, which still passes the fused optimizer its scale), and the saved
-    momentum buffers keep the memory format they were saved in (NCHW against channels_last parameters)."""
-    built = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, flags in zip(optimizer.param_groups, built):
-        group.update(flags)
-        for p in group["params"]:
-            buf = optimizer.state[p].get("momentum_buffer") if p in optimizer.state else None
-            if buf is not None and buf.stride() != p.stride():
-                optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)  # p's strides
-            elif buf is None and flags.get("fused") and group["momentum"] > 0:
-                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)  # as make_optimizer: see there
-
-
-def compile_model(model: nn.Module, cuda_graphs: bool = False) -> nn.Module:
-    """torch.compile for the training step: the forward graph and, through AOTAutograd, its backward, both by
-    inductor. Static shapes (every training batch has the same size: drop_last). ``cuda_graphs``: inductor's
-    "reduce-overhead" mode replays each step as CUDA graphs (CUDA only)."""
-    compiled = torch.compile(model, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
-    return _CudaGraphSteps(compiled) if cuda_graphs else compiled
-
-
-class _CudaGraphSteps(nn.Module):
-    """Marks each call as a new step (torch.compiler.cudagraph_mark_step_begin): the graphs may then reuse the
-    previous step's output memory, which the training loop has finished reading by then."""
-
-    def __init__(self, compiled: nn.Module):
-        super().__init__()
-        self.compiled = compiled
-
-    def forward(self, x):
-        torch.compiler.cudagraph_mark_step_begin()
-        return self.compiled(x)
-
-
-def lr_factor(cfg: RunConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Iteration -> multiple of ``cfg.lr``: linear warm-up over W, then cosine annealing to 0 over the rest.
-
-    lr_step="epoch" (the notebooks'): the factor changes once per epoch, so epoch e (from 1) runs at
-    0.5 (1 + cos(pi (e - 1) / epochs)) x lr, the lr of CosineAnnealingLR(T_max=epochs) stepped once per epoch;
-    W whole epochs (rounded), the k-th at k / W. lr_step="iteration": the same curve per iteration, W iterations
-    from lr / W up. W is ``cfg.warmup_epochs_used()`` (none in the notebooks), at most a tenth of the run."""
-    per_epoch = cfg.lr_step == "epoch"
-    unit = steps_per_epoch if per_epoch else 1  # steps per unit of the schedule
-    total = cfg.epochs * steps_per_epoch // unit
-    warmup = min(int(round(cfg.warmup_epochs_used() * steps_per_epoch / unit)), total - 1)
-
-    def factor(step: int) -> float:
-        t = step // unit
-        if t < warmup:
-            return (t + 1) / warmup if per_epoch else (1 + t * (warmup - 1) / warmup) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(t - warmup, total - warmup) / (total - warmup)))
-    return factor
-
-
-def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """The schedule of ``lr_factor``, stepped once per iteration (train_step); its state is just the step count."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-
-
-def make_criterion(cfg: RunConfig) -> nn.Module:
-    # Soft (MixUp/CutMix) targets are class probabilities; CrossEntropyLoss smooths those too.
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
-def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, dtype=None, coins=None):
-    """One optimisation step. Returns (loss, correct, correct_dominant) as 0-dim device tensors, no host sync:
-    ``correct`` sums each image's target share of its predicted class, i.e. lam [pred == y_a] + (1 - lam)
-    [pred == y_b] for a mixed pair (the notebooks' "Approx Train Acc"); ``correct_dominant`` counts
-    predictions of the larger share's label. ``coins`` (lib.models.StochasticDepthCoins): the step's
-    stochastic-depth coins, drawn for the scheduler's step count (the global step, kept across --resume)."""
-    if coins is not None:
-        coins.draw(scheduler.last_epoch)
-    with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
-        logits = model(x)
-        loss = criterion(logits, soft_y)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:  # fp16 only; bf16 needs no loss scaling
-        scaler.scale(loss).backward()
-        if coins is not None:
-            coins.drop_gradients()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        if coins is not None:
-            coins.drop_gradients()
-        optimizer.step()
-    scheduler.step()
-    pred = logits.detach().argmax(1, keepdim=True)
-    correct = soft_y.gather(1, pred).sum()  # soft_y = lam onehot(y_a) + (1 - lam) onehot(y_b), unsmoothed
-    correct_dominant = (pred.squeeze(1) == soft_y.argmax(1)).sum()
-    return loss.detach(), correct, correct_dominant
-
-
-@torch.inference_mode()
-def evaluate(model, loader, dtype=None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a loader of (x, integer labels); single pass, no TTA."""
-    model.eval()
-    loss_sum = correct = seen = None
-    for x, y in loader:
-        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(x)
-        batch_loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        batch_correct = (logits.argmax(1) == y).sum()
-        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-        correct = batch_correct if correct is None else correct + batch_correct
-        seen = len(y) if seen is None else seen + len(y)
-    if not seen:
-        raise UserError("the validation set is empty")
-    return loss_sum.item() / seen, correct.item() / seen
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Each epoch reseeds every RNG from (seed, epoch): a resumed run draws exactly what a straight one did."""
-    return seed * 100_003 + epoch
-
-
-# ----------------------------------------------------------------------------------------------------
-# Run folder: history.csv, config.json, checkpoints
-# ----------------------------------------------------------------------------------------------------
-def write_history(rows: list[dict[str, Any]], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__, "lib": __version__}
-
-
-def _started_at(run_dir: Path, resumed: bool) -> str:
-    """When the run's first epoch started (UTC, ISO 8601): kept across --resume; "newest run" is by this time."""
-    if resumed:
-        try:
-            stored = json.loads((run_dir / "config.json").read_text()).get("started_at")
-            if stored:
-                return stored
-        except (OSError, ValueError):
-            pass
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _check_resume_config(cfg: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
-    """A resumed run keeps its settings and its architecture: one history never mixes two models or recipes."""
-    stored, now = ckpt["config"], cfg.to_dict()
-    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k not in MODEL_FIELDS and k in stored
-               and stored[k] != now[k]]  # the model's fields: compared as the architecture they build, below
-    changes = [f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in changed]
-    model_now = resolve_config(cfg.model, num_classes=ckpt["model_config"].get("num_classes", 10),
-                               **cfg.model_overrides())  # the architecture the same settings now build
-    changes += [f"model {k} {v!r} -> {model_now[k]!r}" for k, v in ckpt["model_config"].items()
-                if k in model_now and model_now[k] != v]
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: written by an earlier version of lib.train (checkpoint format {ckpt['format']}, "
-                        f"before the original notebooks' models and recipe); it cannot be continued"
-                        + (f" (this version would change {', '.join(changes)})" if changes else "")
-                        + ": start a new --out")
-    if changes:
-        raise UserError(f"{path}: --resume must keep the run's settings, but these differ: {', '.join(changes)} "
-                        f"(start a new --out to change them)")
-
-
-def _open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None: a new run). Call with the run folder held (catch_up: it writes)."""
-    last_path = run_dir / "last.pt"
-    if not last_path.exists():
-        if cfg.resume:
-            print(f"{last_path}: nothing to resume yet; starting a new run", file=sys.stderr)
-        return None
-    if not cfg.resume:
-        raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
-                        f"or choose another --out")
-    ckpt = read_checkpoint(last_path, resume=True)
-    _check_resume_config(cfg, ckpt, last_path)
-    if catch_up:
-        _catch_up(run_dir, ckpt)
-    return ckpt
-
-
-def _catch_up(run_dir: Path, ckpt: dict[str, Any]) -> None:
-    """A run killed (kill -9, power loss) between last.pt and the files after it left those an epoch behind:
-    last.pt then holds the newest epoch. Bring best.pt and history.csv level with it before going on."""
-    best_path = run_dir / "best.pt"
-    if ckpt.get("best_epoch") == ckpt["epoch"]:  # last.pt's own epoch is the best one
-        try:
-            best_epoch = read_checkpoint(best_path)["epoch"]
-        except UserError:  # absent or damaged: last.pt has what belongs there
-            best_epoch = None
-        if best_epoch != ckpt["epoch"]:
-            with atomic_path(best_path) as tmp:
-                shutil.copyfile(run_dir / "last.pt", tmp)
-    write_history(ckpt["history"], run_dir / "history.csv")
 
 
 def _show_progress(cfg: RunConfig) -> bool:
@@ -358,7 +94,7 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
 def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
                 ctx: distributed.Context = distributed.Context(), started: float | None = None) -> dict[str, Any]:
     last_path = run_dir / "last.pt"
-    resume_ckpt = _open_run(cfg, run_dir, catch_up=ctx.is_main)
+    resume_ckpt = open_run(cfg, run_dir, catch_up=ctx.is_main)
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
@@ -416,8 +152,8 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             "warmup_epochs_used": cfg.warmup_epochs_used(),
             "loader": loader_kind, "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
             "channels_last": channels_last, "steps_per_epoch": len(train_loader),
-            "versions": _versions(), "device_name": _device_name(device), "git_commit": _git_commit(),
-            "started_at": _started_at(run_dir, resume_ckpt is not None),
+            "versions": versions(), "device_name": device_name(device), "git_commit": git_commit(),
+            "started_at": started_at(run_dir, resume_ckpt is not None),
             "world_size": ctx.world_size})
 
     def checkpoint(epoch: int) -> dict[str, Any]:
@@ -459,10 +195,10 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
                 next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
                 continue
             # Order: last.pt, best.pt, history.csv, with Ctrl-C/SIGTERM held back meanwhile. A kill -9 in
-            # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; _catch_up on
+            # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; catch_up on
             # --resume levels them, so best.pt is always the epoch history.csv calls best.
             with signals_deferred():
-                _save_epoch(checkpoint(epoch + 1), run_dir, best_epoch == epoch + 1)
+                save_epoch(checkpoint(epoch + 1), run_dir, best_epoch == epoch + 1)
             print(f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4f}  train_loss {train_loss:.4f}  "
                   f"train_acc {train_acc:.2%}  val_loss {val_loss:.4f}  val_acc {val_acc:.2%}  "
                   f"best {best_val_acc:.2%}  {row['epoch_seconds']:.1f}s", flush=True)
@@ -489,34 +225,6 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
             "schedule": cfg.schedule_words(done)}
 
 
-def _save_epoch(state: dict[str, Any], run_dir: Path, is_best: bool) -> None:
-    """last.pt, best.pt (``is_best``) and history.csv of epoch ``state["epoch"]``, in that order (see the loop).
-    One that cannot be written ends the run with WriteFailedError: until last.pt is written the folder holds the
-    epoch before, complete; after it, --resume levels best.pt and history.csv with it (_catch_up)."""
-    epoch, history = state["epoch"], state["history"]
-
-    def checkpoint_bytes() -> int:
-        buffer = io.BytesIO()
-        try:
-            torch.save(state, buffer)
-        except Exception:  # noqa: BLE001 - only a size for the message: the tensors' bytes, nearly all of it
-            return sum(t.numel() * t.element_size() for d in (state["model"], *state["optimizer"]["state"].values())
-                       for t in d.values() if isinstance(t, torch.Tensor))
-        return buffer.tell()
-
-    def history_bytes() -> int:
-        tmp = io.StringIO()
-        w = csv.DictWriter(tmp, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(history)
-        return len(tmp.getvalue().encode())
-
-    write_or_explain(run_dir / "last.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
-                     epoch - 1)
-    if is_best:
-        write_or_explain(run_dir / "best.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
-                         epoch)
-    write_or_explain(run_dir / "history.csv", lambda p: write_history(history, p), history_bytes, run_dir, epoch)
 
 
 def _stop_before_epoch(cfg: RunConfig, ctx: distributed.Context, started: float | None,

@@ -20,7 +20,8 @@ from lib.config import make_config
 from lib.data import load_kaggle_test
 from lib.models import build_model
 from lib.predict import load_checkpoint, predict_proba
-from lib.train import make_criterion, make_optimizer, make_scheduler, train, train_step
+from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
+from lib.train import train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

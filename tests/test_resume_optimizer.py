@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from lib.config import make_config
-from lib.train import load_optimizer_state, make_optimizer, sgd_implementation
+from lib.recipe import load_optimizer_state, make_optimizer, sgd_implementation
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 

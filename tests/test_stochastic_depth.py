@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lib.config import make_config
 from lib.models import DropBranch, build_model, stochastic_depth_coins
-from lib.train import make_criterion, make_optimizer, make_scheduler, train_step
+from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 

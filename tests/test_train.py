@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import lib.checkpoint as checkpoint_mod
 import lib.train as train_mod
-from lib.checkpoint import WriteFailedError, write_or_explain
+from lib.checkpoint import HISTORY_FIELDS, WriteFailedError, write_or_explain
 from lib.common import run_cli
 from lib.config import make_config
-from lib.train import DivergedError, make_optimizer, make_scheduler, train
+from lib.recipe import make_optimizer, make_scheduler
+from lib.train import DivergedError, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(model="light_resnet18", base_channels=8, progress=False, device="cpu", num_workers=0)
@@ -58,7 +60,7 @@ def test_run_folder_contents(smoke_root, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(smoke_root, run, dropout=None, seed=3))
     rows = read_history(run)
-    assert list(rows[0]) == list(train_mod.HISTORY_FIELDS)
+    assert list(rows[0]) == list(HISTORY_FIELDS)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r in rows:
         for k in ("train_acc", "val_acc", "best_val_acc"):
@@ -88,19 +90,19 @@ class StopAfterOne(Exception):
 
 def train_first_epoch_only(cfg):
     """Run ``cfg`` but stop (as if killed) right after epoch 1's last.pt is written."""
-    real_save = train_mod.atomic_torch_save
+    real_save = checkpoint_mod.atomic_torch_save
 
     def save_then_stop(obj, path):
         real_save(obj, path)
         if Path(path).name == "last.pt" and obj["epoch"] == 1:
             raise StopAfterOne
 
-    train_mod.atomic_torch_save = save_then_stop
+    checkpoint_mod.atomic_torch_save = save_then_stop
     try:
         with pytest.raises(StopAfterOne):
             train(cfg)
     finally:
-        train_mod.atomic_torch_save = real_save
+        checkpoint_mod.atomic_torch_save = real_save
 
 
 def test_resume_gives_the_same_history(smoke_root, tmp_path):

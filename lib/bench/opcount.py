@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 from ..augment import make_train_loader, resolve_channels_last
 from ..config import RunConfig
 from ..models import build_model
-from ..train import make_criterion, make_optimizer, make_scheduler, train_step
+from ..recipe import make_criterion, make_optimizer, make_scheduler, train_step
 
 
 class AtenOpCounter(TorchDispatchMode):

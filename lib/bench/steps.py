@@ -19,7 +19,8 @@ from ..augment import make_train_loader, resolve_channels_last
 from ..common import amp_dtype
 from ..config import make_config
 from ..models import build_model
-from ..train import compile_model, make_criterion, make_optimizer, make_scheduler, train, train_step
+from ..recipe import compile_model, make_criterion, make_optimizer, make_scheduler, train_step
+from ..train import train
 from .timing import batches_forever, seconds
 
 
