@@ -14,10 +14,10 @@ SMOKE_MODEL ?= robust_resnet64
 SMOKE_OUT   := $(SCRATCH)/smoke
 SMOKE_RUNS  := $(SMOKE_OUT)/runs
 SMOKE_NB    := CIFAR_PROFILE=smoke $(PAPERMILL)
-# `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.sweep; a local Ray unless SWEEP_ADDRESS names a
+# `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.scale.sweep; a local Ray unless SWEEP_ADDRESS names a
 # cluster), then its figure (sweep_<name>.png) and table (sweep_<name>.md) in figures/ and report/ -- for the smoke
 # profile in $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report. SWEEP_PARAMS: one NAME=V1,V2 per swept setting;
-# SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.sweep option, e.g. "--scheduler asha
+# SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.scale.sweep option, e.g. "--scheduler asha
 # --gpus-per-trial 0.5". Rerunning continues the sweep (--resume).
 SWEEP_PROFILE ?= smoke
 SWEEP_MODEL   ?= light_resnet18
@@ -75,7 +75,7 @@ reproduce: venv
 	$(PY) -m lib.report --runs $(addprefix runs/,$(REPRODUCE_MODELS)) --figures figures --report report
 
 sweep: venv
-	$(PY) -m lib.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
+	$(PY) -m lib.scale.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
 		$(if $(SWEEP_ADDRESS),--address $(SWEEP_ADDRESS)) --out $(SWEEP_DIR) --resume $(SWEEP_ARGS)
 	$(PY) -m lib.report --sweep $(SWEEP_DIR) --figures $(SWEEP_OUT)figures --report $(SWEEP_OUT)report
 

@@ -99,7 +99,8 @@ class Drive:
             return
         for rel, copied in self.copied.items():
             for path in _files(root / rel):
-                if copied.get(str(path)) != _signature(path) and copy_in_place(path, self.path / path.relative_to(root)):
+                if (copied.get(str(path)) != _signature(path)
+                        and copy_in_place(path, self.path / path.relative_to(root))):
                     copied[str(path)] = _signature(path)
 
 

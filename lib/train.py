@@ -1,5 +1,5 @@
 """One training run: the recipe's pieces (lib.recipe) in a loop over epochs, per-epoch history and atomic
-checkpoints (lib.checkpoint), partial schedules, and torchrun processes that stop together (lib.distributed).
+checkpoints (lib.checkpoint), partial schedules, and torchrun processes that stop together (lib.scale.distributed).
 
     python -m lib.train --model robust_resnet64 --data-dir data --out runs/robust64
     python -m lib.train --profile smoke --model light_resnet18 --out runs/smoke   # tiny, CPU, synthetic data
@@ -27,7 +27,6 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
 from .checkpoint import (CHECKPOINT_FORMAT, WriteFailedError, device_name, git_commit, open_run, save_epoch,
                          started_at, versions)
@@ -38,6 +37,7 @@ from .data import channel_stats, load_splits
 from .models import build_model, count_parameters, stochastic_depth_coins
 from .recipe import (compile_model, epoch_seed, evaluate, load_optimizer_state, make_criterion, make_optimizer,
                      make_scheduler, train_step)
+from .scale import distributed
 from .smoke_data import ensure_smoke_data
 
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)

@@ -227,7 +227,7 @@ def test_sync_batch_norm_without_host_sync(tmp_path):
     BatchNorm2d computes."""
     import torch.distributed as dist
 
-    from lib.distributed import SyncBatchNorm2d
+    from lib.scale.distributed import SyncBatchNorm2d
 
     dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:

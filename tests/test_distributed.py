@@ -9,7 +9,7 @@ after epochs 1 / 2 / 3, val loss <= 5e-4) and flips the arg-max of near-tied ima
 on 40 images, differed by 2 images at epoch 2). Hence: losses within 1% relative, train accuracy within 3 of 80
 images, val accuracy within 4 of 40.
 The one-process reference is torchrun with --nproc_per_node 1: under torchrun the global batch order comes from
-lib.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
+lib.scale.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
 (unchanged from before torchrun support), so its batches differ. Stochastic depth stays on (the model's 0.1): every
 rank draws the same coins (lib.models.StochasticDepthCoins). Augmentation and MixUp are off: each rank augments and
 mixes its own shard with its own random numbers, so the runs would differ by design.
@@ -94,7 +94,7 @@ def test_device_loader_shards_are_the_global_batches():
 
     from lib.augment import make_train_loader
     from lib.config import make_config
-    from lib.distributed import ShardedLoader
+    from lib.scale.distributed import ShardedLoader
 
     n, global_batch = 120, 24
     x = (np.arange(n) % 250).astype(np.uint8).reshape(n, 1, 1, 1).repeat(32, 1).repeat(32, 2).repeat(3, 3)
@@ -125,7 +125,7 @@ def _sync_bn_rank(rank, world, workdir, sizes, stats_dtype, compiled):
     import torch
     import torch.distributed as dist
 
-    from lib.distributed import SyncBatchNorm2d
+    from lib.scale.distributed import SyncBatchNorm2d
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world)

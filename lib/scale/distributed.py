@@ -23,8 +23,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from .augment import DeviceLoader, TorchvisionLoader
-from .common import UserError
+from ..augment import DeviceLoader, TorchvisionLoader
+from ..common import UserError
 
 RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride: its own random draws, rank 0 as one process
 
