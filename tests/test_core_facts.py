@@ -469,3 +469,52 @@ def test_history_rows_out_of_order_are_plotted_by_epoch(tmp_path):
     assert list(green.get_xdata()) == list(range(1, 301))
     np.testing.assert_allclose(green.get_ydata()[-4:], [20, 10, 20, 30])
     assert json.loads((tmp_path / "r" / "config.json").read_text())["epochs"] == 300
+
+
+# ----------------------------------------------------------------------------------------- one-line messages
+def test_checkpoint_errors_are_one_line_of_at_most_200_characters_of_text():
+    from lib.checkpoint import _one_line
+    assert _one_line(ValueError("a" * 300)) == "ValueError: " + "a" * 200 + "..."
+    assert _one_line(ValueError("a" * 200)) == "ValueError: " + "a" * 200
+    assert _one_line(RuntimeError("size\n   mismatch\tfor  w")) == "RuntimeError: size mismatch for w"
+    assert _one_line(KeyError()) == "KeyError: KeyError"
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1])
+def test_holdout_fraction_outside_0_1_is_refused_by_name(fraction):
+    from lib.data import stratified_holdout
+    with pytest.raises(ValueError, match=rf"holdout fraction must be in \(0, 1\), got {fraction}"):
+        stratified_holdout(np.arange(100) % 10, fraction)
+
+
+def test_holdout_takes_round_fraction_of_each_class():
+    """0.25 of 10 images per class = 2.5, rounded to 2 (banker's) per class: 20 held out of 100."""
+    from lib.data import stratified_holdout
+    labels = np.arange(100) % 10
+    train_idx, val_idx = stratified_holdout(labels, 0.25)
+    assert len(val_idx) == 20 and np.bincount(labels[val_idx]).tolist() == [2] * 10
+    assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(100))
+    assert list(val_idx) == sorted(val_idx)
+    train_idx, val_idx = stratified_holdout(labels, 0.35)  # 3.5 -> 4 per class
+    assert np.bincount(labels[val_idx]).tolist() == [4] * 10
+
+
+@pytest.mark.parametrize("size,message", [(0, "subset size must be positive, got 0"),
+                                          (101, "101 requested but only 100 images are available")])
+def test_subset_size_errors(size, message):
+    from lib.data import balanced_subset
+    with pytest.raises(ValueError, match=message):
+        balanced_subset(np.arange(100) % 10, size)
+
+
+def test_balanced_subset_shares_by_hand():
+    """23 of 10 classes: every class 2, three classes 3; an uneven class that cannot give its share is named."""
+    from lib.data import balanced_subset
+    labels = np.arange(100) % 10
+    idx = balanced_subset(labels, 23)
+    counts = np.bincount(labels[idx], minlength=10)
+    assert sorted(counts.tolist()) == [2] * 7 + [3] * 3 and len(set(idx.tolist())) == 23
+    assert balanced_subset(labels, 100).tolist() == list(range(100))
+    with pytest.raises(ValueError, match="class 9 has 1 images, 2 needed for a balanced 20"):
+        balanced_subset(np.array([*range(9)] * 3 + [9]), 20)

@@ -178,3 +178,10 @@ def test_latin1_bytes_both_spellings(tmp_path):
         ok.write_bytes(b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbf" + b"X"
                        + len(spelling).to_bytes(4, "little") + spelling + b"\x86R.")
         assert restricted_load(ok) == b"\xff"
+
+
+def test_codecs_encode_with_one_argument_is_latin1(tmp_path):
+    """``_codecs.encode(text)`` (no codec named) gives the latin-1 bytes, not utf-8."""
+    path = tmp_path / "one.pkl"
+    path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbf\x85R.")  # encode("\xff")
+    assert restricted_load(path) == b"\xff"
