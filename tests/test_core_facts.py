@@ -518,3 +518,73 @@ def test_balanced_subset_shares_by_hand():
     assert balanced_subset(labels, 100).tolist() == list(range(100))
     with pytest.raises(ValueError, match="class 9 has 1 images, 2 needed for a balanced 20"):
         balanced_subset(np.array([*range(9)] * 3 + [9]), 20)
+
+
+# ------------------------------------------------------------------------------------------------ lib.common
+def test_atomic_path_gives_umask_permissions_and_leaves_nothing_on_failure(tmp_path):
+    import os
+
+    from lib.common import atomic_path, atomic_write_text
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new" / "a.txt", "hello")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new" / "a.txt").read_text() == "hello"
+    assert (tmp_path / "new" / "a.txt").stat().st_mode & 0o777 == 0o640  # 0666 less the umask 027
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "new" / "a.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert (tmp_path / "new" / "a.txt").read_text() == "hello" and sorted(os.listdir(tmp_path / "new")) == ["a.txt"]
+
+
+def test_resolve_device_and_seed_everything():
+    import random
+
+    from lib.common import UserError, resolve_device, seed_everything
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    assert resolve_device("auto") == resolve_device() == expected
+    with pytest.raises(UserError, match=r"--device 'tpu': expected auto, cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda: no CUDA device is available"):
+            resolve_device("cuda")
+    draws = []
+    for _ in range(2):
+        seed_everything(2**32 + 5)  # numpy takes the seed modulo 2**32
+        draws.append((random.random(), np.random.rand(), torch.rand(()).item()))
+    assert draws[0] == draws[1]
+    random.seed(2**32 + 5)
+    np.random.seed(5)
+    torch.manual_seed(2**32 + 5)
+    assert draws[0] == (random.random(), np.random.rand(), torch.rand(()).item())
+
+
+def test_run_cli_exit_codes(capsys):
+    from lib.common import ArgumentParser, UserError, run_cli
+
+    def fails(argv):
+        raise UserError("data: no such file")
+
+    def interrupted(argv):
+        exc = KeyboardInterrupt()
+        exc.exit_code = 143
+        raise exc
+
+    assert run_cli(fails) == 2 and capsys.readouterr().err == "error: data: no such file\n"
+    assert run_cli(lambda argv: None) == 0 and run_cli(lambda argv: 3) == 3
+    assert run_cli(interrupted) == 143
+
+    def ctrl_c(argv):
+        raise KeyboardInterrupt
+    assert run_cli(ctrl_c) == 130 and capsys.readouterr().err.endswith("interrupted\n")
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_cli(lambda argv: 1 / 0)
+    parser = ArgumentParser(prog="lib.x")
+    parser.add_argument("--n", type=int)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--n", "a"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "lib.x: error: argument --n: invalid int value: 'a'\n"
