@@ -588,3 +588,16 @@ def test_run_cli_exit_codes(capsys):
         parser.parse_args(["--n", "a"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "lib.x: error: argument --n: invalid int value: 'a'\n"
+
+
+def test_load_model_rebuilds_the_weights_in_eval_mode_on_the_cpu_by_default(tmp_path):
+    from lib.checkpoint import load_model
+    torch.manual_seed(0)
+    model = build_model("light_resnet18", base_channels=8)
+    torch.save({"format": 2, "config": {}, "model_config": model.config, "epoch": 1, "model": model.state_dict(),
+                "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}, tmp_path / "best.pt")
+    loaded, ckpt = load_model(tmp_path / "best.pt")
+    assert not loaded.training and ckpt["epoch"] == 1
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
