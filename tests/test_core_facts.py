@@ -601,3 +601,49 @@ def test_load_model_rebuilds_the_weights_in_eval_mode_on_the_cpu_by_default(tmp_
     assert all(p.device.type == "cpu" for p in loaded.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+# ------------------------------------------------------------------------------------------- the batch layout
+def _write(path, obj):
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+    return path
+
+
+def test_official_rows_are_r_then_g_then_b_planes_row_major(tmp_path):
+    """Row layout (the CIFAR-10 page): 1024 red values, 1024 green, 1024 blue, each plane row by row. Pixel (y, x)
+    of channel c is row[c * 1024 + 32 * y + x]: with distinct values per position the image is fixed by hand."""
+    from lib.data import _read_batch
+    row = np.arange(3072) % 251  # position-dependent values 0..250
+    labels = [9, 0]
+    x, y = _read_batch(_write(tmp_path / "b", {b"data": np.stack([row, row[::-1]]).astype(np.uint8),
+                                               b"labels": labels}))
+    assert x.shape == (2, 32, 32, 3) and x.dtype == np.uint8 and y.tolist() == [9, 0] and y.dtype == np.int64
+    for c, yy, xx in [(0, 0, 1), (1, 0, 0), (2, 5, 7), (0, 31, 2), (2, 31, 31)]:
+        assert x[0, yy, xx, c] == (c * 1024 + 32 * yy + xx) % 251
+        assert x[1, yy, xx, c] == (3071 - (c * 1024 + 32 * yy + xx)) % 251
+
+
+@pytest.mark.parametrize("labels,needle", [([10, 0], "labels span 0..10; expected 0..9"),
+                                           ([-1, 0], "labels span -1..0; expected 0..9"),
+                                           ([0], r"\(1,\) labels for 2 images"),
+                                           ([0.0, 1.0], "labels have dtype float64")])
+def test_labels_outside_0_9_are_refused(tmp_path, labels, needle):
+    from lib.common import UserError
+    from lib.data import _read_batch
+    path = _write(tmp_path / "b", {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
+    with pytest.raises(UserError, match=needle):
+        _read_batch(path)
+
+
+@pytest.mark.parametrize("value,ok", [(255, True), (0, True), (256, False), (-1, False)])
+def test_integer_pixels_must_fit_a_byte(tmp_path, value, ok):
+    from lib.common import UserError
+    from lib.data import _read_batch
+    data = np.zeros((1, 3072), np.int64)
+    data[0, 5] = value
+    path = _write(tmp_path / "b", {b"data": data, b"labels": [1]})
+    if ok:
+        assert _read_batch(path)[0][0, 0, 5, 0] == value
+    else:
+        with pytest.raises(UserError, match=rf"pixel values span {min(value, 0)}..{max(value, 0)}; expected 0..255"):
+            _read_batch(path)
