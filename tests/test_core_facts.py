@@ -647,3 +647,28 @@ def test_integer_pixels_must_fit_a_byte(tmp_path, value, ok):
     else:
         with pytest.raises(UserError, match=rf"pixel values span {min(value, 0)}..{max(value, 0)}; expected 0..255"):
             _read_batch(path)
+
+
+# ------------------------------------------------------------------------------------------ Kaggle pickle ids
+def _kaggle(tmp_path, ids, n=None):
+    n = len(ids) if n is None else n
+    return _write(tmp_path / "k.pkl", {"data": np.zeros((n, 3072), np.uint8), "ids": ids})
+
+
+def test_kaggle_ids_python2_strings_and_integer_width(tmp_path):
+    from lib.data import load_kaggle_test
+    _, ids = load_kaggle_test(_kaggle(tmp_path, np.array([b"img1", b"img2"])))
+    assert ids.tolist() == ["img1", "img2"] and ids.dtype.kind == "U"
+    _, ids = load_kaggle_test(_kaggle(tmp_path, np.array([7, 3], np.int32)))
+    assert ids.tolist() == [7, 3] and ids.dtype == np.int64
+
+
+@pytest.mark.parametrize("ids,needle", [
+    (np.array([1.0, 2.0]), r"ids must be a flat list of integers or strings, got float64 \(2,\)"),
+    (np.array([[1], [2]]), r"ids must be a flat list of integers or strings, got int64 \(2, 1\)"),
+    (np.repeat(np.arange(1, 8), 2), r"duplicate ids, e\.g\. 1, 2, 3, 4, 5$")])
+def test_kaggle_ids_refused(tmp_path, ids, needle):
+    from lib.common import UserError
+    from lib.data import load_kaggle_test
+    with pytest.raises(UserError, match=needle):
+        load_kaggle_test(_kaggle(tmp_path, ids, n=len(ids)))
