@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -672,3 +673,70 @@ def test_kaggle_ids_refused(tmp_path, ids, needle):
     from lib.data import load_kaggle_test
     with pytest.raises(UserError, match=needle):
         load_kaggle_test(_kaggle(tmp_path, ids, n=len(ids)))
+
+
+# ------------------------------------------------------------------------------------------ checkpoint reader
+def _ckpt(tmp_path, name="c.pt", **changes):
+    model = build_model("light_resnet18", base_channels=8)
+    ckpt = {"format": 2, "config": {"lr": 0.1}, "model_config": model.config, "epoch": 1,
+            "model": model.state_dict(), "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, **changes}
+    torch.save({k: v for k, v in ckpt.items() if v is not None}, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("changes,resume,needle", [
+    ({}, True, "not a lib.train checkpoint (missing optimizer, scheduler, history, best_val_acc)"),
+    ({"format": 99}, False, "checkpoint format 99 is not supported (expected 1 or 2)"),
+    ({"config": [1]}, False, "not a lib.train checkpoint (config, model_config and model must be dicts)"),
+    ({"model": [1]}, False, "not a lib.train checkpoint (config, model_config and model must be dicts)"),
+    ({"model_config": "x"}, False, "not a lib.train checkpoint (config, model_config and model must be dicts)"),
+    ({"epoch": None}, False, "not a lib.train checkpoint (missing epoch)")])
+def test_checkpoint_reader_messages(tmp_path, changes, resume, needle):
+    from lib.checkpoint import read_checkpoint
+    from lib.common import UserError
+    path = _ckpt(tmp_path, **changes)
+    with pytest.raises(UserError) as err:
+        read_checkpoint(path, resume=resume)
+    assert str(err.value) == f"{path}: {needle}"
+
+
+def test_checkpoint_reader_messages_for_files(tmp_path):
+    from lib.checkpoint import load_model, read_checkpoint
+    from lib.common import UserError
+    with pytest.raises(UserError) as err:
+        read_checkpoint(tmp_path / "none.pt")
+    assert str(err.value) == f"{tmp_path / 'none.pt'}: no such checkpoint file"
+    torch.save(torch.zeros(2), tmp_path / "t.pt")
+    with pytest.raises(UserError) as err:
+        read_checkpoint(tmp_path / "t.pt")
+    assert str(err.value) == f"{tmp_path / 't.pt'}: not a lib.train checkpoint (holds a Tensor, expected a dict)"
+    (tmp_path / "junk.pt").write_bytes(b"junk\n")
+    with pytest.raises(UserError) as err:
+        read_checkpoint(tmp_path / "junk.pt")
+    message = str(err.value)  # the loader's own error, named (its wording varies between torch versions)
+    assert message.startswith(f"{tmp_path / 'junk.pt'}: not a readable PyTorch checkpoint (")
+    assert re.search(r"\((\w+Error): \S.*\)$", message) and "NoneType" not in message
+    wide = build_model("light_resnet18", base_channels=16)
+    path = _ckpt(tmp_path, "misfit.pt", model=wide.state_dict())
+    with pytest.raises(UserError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: weights do not fit the stored model config (RuntimeError: Error")
+    assert read_checkpoint(_ckpt(tmp_path, "r.pt", optimizer={}, scheduler={}, history=[], best_val_acc=0.5),
+                           resume=True)["best_val_acc"] == 0.5
+
+
+def test_format_1_checkpoints_read_as_the_models_they_were(tmp_path):
+    """Format 1 (before these options existed): SE on the output, per-sample stochastic depth, PyTorch's init;
+    se_reduction None meant no SE; the recipe's later settings take their earlier values; None settings dropped."""
+    from lib.checkpoint import read_checkpoint
+    model = build_model("light_resnet18", base_channels=8, se_reduction=0)
+    old_config = {k: v for k, v in model.config.items() if k not in ("se_position", "stochastic_depth_mode", "init")}
+    path = _ckpt(tmp_path, format=1, model_config={**old_config, "se_reduction": None},
+                 config={"lr": 0.05, "dropout": None})
+    ckpt = read_checkpoint(path)
+    assert ckpt["model_config"] == {**old_config, "se_reduction": 0, "se_position": "output",
+                                    "stochastic_depth_mode": "row", "init": "default"}
+    assert ckpt["config"] == {"lr": 0.05, "lr_step": "iteration", "erasing_max_area": 0.33, "erasing_value": "zero"}
+    current = read_checkpoint(_ckpt(tmp_path, "two.pt", config={"lr": 0.05, "dropout": None}))
+    assert current["config"] == {"lr": 0.05, "dropout": None} and current["model_config"] == model.config | {
+        "se_reduction": 16}

@@ -185,3 +185,13 @@ def test_codecs_encode_with_one_argument_is_latin1(tmp_path):
     path = tmp_path / "one.pkl"
     path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbf\x85R.")  # encode("\xff")
     assert restricted_load(path) == b"\xff"
+
+
+def test_checkpoint_refused_even_where_torch_load_defaults_to_full_unpickling(evil_checkpoint, monkeypatch):
+    """torch < 2.6 (requirements allow 2.3) unpickles anything unless weights_only=True is passed; the variable
+    gives this torch the same default, so only an explicit weights_only=True keeps the payload from running."""
+    path, marker = evil_checkpoint
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(path)
+    assert not marker.exists()
