@@ -740,3 +740,16 @@ def test_format_1_checkpoints_read_as_the_models_they_were(tmp_path):
     current = read_checkpoint(_ckpt(tmp_path, "two.pt", config={"lr": 0.05, "dropout": None}))
     assert current["config"] == {"lr": 0.05, "dropout": None} and current["model_config"] == model.config | {
         "se_reduction": 16}
+
+
+@pytest.mark.parametrize("obj,needle", [([1, 2], "expected a dict (with 'data', ...), got list"),
+                                        ({b"labels": [1], "x": 2}, "no 'data' entry (keys: labels, x)"),
+                                        ({}, "no 'data' entry (keys: none)"),
+                                        ({b"data": np.zeros((1, 3072), np.uint8)}, "no 'labels' entry (keys: data)")])
+def test_batch_without_its_entries_is_named(tmp_path, obj, needle):
+    from lib.common import UserError
+    from lib.data import _read_batch
+    path = _write(tmp_path / "data_batch_1", obj)
+    with pytest.raises(UserError) as err:
+        _read_batch(path)
+    assert str(err.value) == f"{path}: {needle}"
