@@ -753,3 +753,19 @@ def test_batch_without_its_entries_is_named(tmp_path, obj, needle):
     with pytest.raises(UserError) as err:
         _read_batch(path)
     assert str(err.value) == f"{path}: {needle}"
+
+
+# ------------------------------------------------------------------------------------------- original logs
+def test_original_log_fields_and_an_empty_log(tmp_path):
+    from lib.common import UserError
+    from lib.reference import original_log
+    log = original_log("robust_resnet64")
+    assert log.model == "robust_resnet64" and log.citation.endswith(", 0.87709 - Best Model/0_87709.ipynb")
+    assert "AlperMumcular/DL-Project1" in log.citation
+    (tmp_path / "original_robust_resnet64.csv").write_text("epoch,train_loss,approx_train_acc,val_acc\n"
+                                                          "2,1.5,0.4,0.6\n1,2.0,0.3,0.5\n")
+    h = original_log("robust_resnet64", tmp_path).history
+    assert h.loc[0, "epoch"] == 1 and h.loc[1, "epoch"] == 2  # sorted by epoch and renumbered
+    (tmp_path / "original_robust_resnet64.csv").write_text("epoch,train_loss,approx_train_acc,val_acc\n")
+    with pytest.raises(UserError, match=r"not an original log \(missing column\(s\) none, 0 rows\)"):
+        original_log("robust_resnet64", tmp_path)
