@@ -769,3 +769,16 @@ def test_original_log_fields_and_an_empty_log(tmp_path):
     (tmp_path / "original_robust_resnet64.csv").write_text("epoch,train_loss,approx_train_acc,val_acc\n")
     with pytest.raises(UserError, match=r"not an original log \(missing column\(s\) none, 0 rows\)"):
         original_log("robust_resnet64", tmp_path)
+
+
+def test_training_batches_take_only_the_official_rows(tmp_path):
+    """HWC arrays are a Kaggle-pickle layout only: a training batch holding one is refused by name."""
+    from lib.common import UserError
+    from lib.data import _read_batch, restricted_load
+    path = _write(tmp_path / "data_batch_1", {b"data": np.zeros((2, 32, 32, 3), np.uint8), b"labels": [0, 1]})
+    with pytest.raises(UserError) as err:
+        _read_batch(path)
+    assert str(err.value) == f"{path}: image data has shape 2 x 32 x 32 x 3; expected N x 3072"
+    (tmp_path / "bad.pkl").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00a\xff.")
+    with pytest.raises(UserError, match=r"bad\.pkl: not a readable pickle \(UnpicklingError: "):
+        restricted_load(tmp_path / "bad.pkl")
