@@ -356,6 +356,7 @@ def test_history_accuracies_and_best_epoch_from_a_non_monotonic_run(smoke_root, 
     reach history.csv as they are: train_acc 0.3, train_acc_dominant 0, best_val_acc the running maximum, and
     best.pt holds epoch 2."""
     def fake_step(model, x, soft_y, optimizer, scheduler, criterion, *a, **kw):
+        optimizer.step()  # no gradients: nothing moves, but the schedule advances as in train_step
         scheduler.step()
         n = len(x)
         return torch.tensor(1.5), torch.tensor(0.3 * n), torch.tensor(0)
