@@ -94,7 +94,7 @@ bench: venv
 MUTANTS     ?=
 MUTANT_JOBS ?= 1
 mutants: venv
-	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTANT_JOBS) $(MUTANTS)
+	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTANT_JOBS) $(foreach m,$(MUTANTS),'$(m)')
 	$(VENV)/bin/mutmut results
 	$(VENV)/bin/mutmut export-cicd-stats
 
