@@ -30,7 +30,7 @@ SWEEP_OUT     := $(if $(filter smoke,$(SWEEP_PROFILE)),$(SMOKE_OUT)/,)
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
-.PHONY: venv test smoke reproduce sweep lab bench clean colab-links gpu-check gpu-dry-run
+.PHONY: venv test smoke reproduce sweep lab bench mutants clean colab-links gpu-check gpu-dry-run
 
 venv: $(VENV)/.installed
 
@@ -87,6 +87,16 @@ lab: venv
 
 bench: venv
 	$(PY) -m lib.bench --json $(SCRATCH)/bench.json
+
+# `make mutants`: mutation testing of the core modules with the unit tests (mutmut; settings in setup.cfg, results
+# in mutants/, tests/README.md has the score). Hours on 2 cores: MUTANTS narrows it, e.g. MUTANTS='lib.data.*'.
+# Rerunning continues where it stopped; `$(VENV)/bin/mutmut show NAME` prints one mutant's diff.
+MUTANTS     ?=
+MUTANT_JOBS ?= 1
+mutants: venv
+	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTANT_JOBS) $(foreach m,$(MUTANTS),'$(m)')
+	$(VENV)/bin/mutmut results
+	$(VENV)/bin/mutmut export-cicd-stats
 
 # `make gpu-check`: a new GPU machine checked in under 10 minutes (python -m lib.bench.gpu_check; its docstring says
 # more): the CUDA tests, eager vs compiled training steps (lib.bench), then RobustResNet64 on its 300-epoch paper
