@@ -70,8 +70,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> cuda when present, else cpu. Asking for cuda without one is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if (name == "cuda" or name.startswith("cuda:")) and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"--device {name!r}: expected auto, cpu or cuda")
     return torch.device(name)

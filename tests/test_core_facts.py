@@ -785,3 +785,10 @@ def test_training_batches_take_only_the_official_rows(tmp_path):
     (tmp_path / "bad.pkl").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00a\xff.")
     with pytest.raises(UserError, match=r"bad\.pkl: not a readable pickle \(UnpicklingError: "):
         restricted_load(tmp_path / "bad.pkl")
+
+
+def test_a_numbered_cuda_device_without_cuda_is_one_line(monkeypatch):
+    from lib.common import UserError, resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^--device cuda:1: no CUDA device is available"):
+        resolve_device("cuda:1")
