@@ -153,8 +153,12 @@ def save_figure(fig: Figure, figures_dir: str | os.PathLike, stem: str = "figure
 
 # ----------------------------------------------------------------------------------------------- Table 1
 def _architecture(model_config: dict) -> dict:
-    """The parts of a model config that define the architecture (JSON-normalised, so lists compare equal)."""
-    return {k: v for k, v in json.loads(json.dumps(model_config)).items() if k not in REGULARISATION_KEYS}
+    """The parts of a model config that define the architecture (JSON-normalised, so lists compare equal; no SE
+    was recorded as null before it was 0)."""
+    arch = {k: v for k, v in json.loads(json.dumps(model_config)).items() if k not in REGULARISATION_KEYS}
+    if "se_reduction" in arch:
+        arch["se_reduction"] = arch["se_reduction"] or 0
+    return arch
 
 
 def _original_best(name: str) -> str:
