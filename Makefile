@@ -40,10 +40,19 @@ $(VENV)/.installed: requirements.txt tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
 	touch $@
 
-# The test suite: unit tests and each notebook executed once by papermill (tests/test_notebooks.py), all on
-# smoke data, on the CPU. Deselect the notebook chain with: $(PY) -m pytest -n 2 -m "not notebooks".
+# The test suite, on smoke data, on the CPU, 2 workers: the unit tests; every notebook executed by papermill as a
+# user runs it, from the repository root with -p values (tests/test_notebooks.py, in a scratch copy); and nbval
+# (--nbval-lax: every cell runs without error) over notebooks 03-06 as Jupyter runs them, from notebooks/ with
+# nothing injected (profile and model from CIFAR_PROFILE/CIFAR_MODEL), in a copy in $(NBVAL_DIR), so 04-06 use the
+# run 03 trained there. 01, 02 and 07 take nothing but the model in the papermill chain either, so nbval would
+# execute them a second time the same way. Without the notebooks: $(PY) -m pytest -n 2 -m "not notebooks".
+NBVAL_DIR       := $(SCRATCH)/nbval
+NBVAL_NOTEBOOKS := 03_training 04_results 05_kaggle_submission 06_analysis
 test: venv
-	$(PY) -m pytest -q -n 2
+	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)/report
+	cp -r lib notebooks requirements.txt $(NBVAL_DIR)/ && cp -r report/reference $(NBVAL_DIR)/report/
+	CIFAR_PROFILE=smoke CIFAR_MODEL=light_resnet18 $(PY) -m pytest -q -n 2 --nbval-lax --nbval-current-env \
+		tests $(NBVAL_NOTEBOOKS:%=$(NBVAL_DIR)/notebooks/%.ipynb)
 
 # Notebooks 01-06 on the smoke profile (synthetic CIFAR-format data in data/smoke when CIFAR-10 is absent), executed
 # with papermill into $(SMOKE_OUT)/: 03 trains into $(SMOKE_RUNS), 04 writes Figure 1 and Table 1 (marked "NOT a

@@ -14,13 +14,16 @@ Everywhere (Jupyter, papermill, Colab), ``setup``
 - works from the repository root (found by MARKER, a file only this repository has) and makes ``lib`` importable;
 - shows a ``UserError`` as one line in the notebook's words (``resume = True``, not ``--resume``); any other error
   keeps its traceback;
-- checks papermill's ``-p`` values before anything runs: a name the parameters cell does not define stops with one
-  line naming the closest ones (difflib), and a parameter annotated as a list (``widths: list[int] = None``) also
-  takes a comma string (``-p widths 45,90,170,340``).
+- checks papermill's ``-p`` values before anything runs: a name the parameters cell does not define (with
+  ``run_settings``, notebook 03: nor lib.config.RunConfig) stops with one line naming the closest ones (difflib),
+  and a list-valued parameter (``widths``) also takes a comma string (``-p widths 45,90,170,340``).
 On Colab it also installs what requirements.txt lists and the runtime lacks (a package Colab has is never upgraded)
 and, when the notebook keeps anything, mounts Google Drive and keeps it in MyDrive/cifar10-resnets (``lib.drive``).
-Notebook 03's ``run_config`` turns its parameters into one RunConfig (``resume = "auto"``), and ``train`` trains a
-run folder that lies on Drive on the runtime's own disk, copied into Drive in place after every epoch.
+Notebook 03's ``run_config`` turns its parameters (and any other RunConfig setting papermill injected) into one
+RunConfig (``resume = "auto"``), and ``train`` trains a run folder that lies on Drive on the runtime's own disk,
+copied into Drive in place after every epoch. Notebooks 04-06 choose their runs and checkpoint with
+``report_runs``, ``output_dirs`` and ``best_checkpoint`` (under the smoke profile training the smoke run when it is
+absent, as on a fresh Colab runtime); notebook 02 shows library code with ``show_source``.
 
 Colab's paths are parameters (``drive_mount``, ``drive_folder``): tests point them at temporary folders.
 """
