@@ -214,7 +214,8 @@ def header_command(name: str) -> list[str]:
     return [line.strip() for line in title.splitlines() if line.startswith("    ")]
 
 
-def papermill_as_in_header(clone: Path, name: str, env: dict[str, str], **params) -> tuple[Path, subprocess.CompletedProcess]:
+def papermill_as_in_header(clone: Path, name: str, env: dict[str, str],
+                           **params) -> tuple[Path, subprocess.CompletedProcess]:
     """NAME's own header command, run by a shell in the clone, with the chain's -p after the header's (papermill: the
     last value wins). Returns the executed notebook's path and the result."""
     mkdir, command = header_command(name)[:2]
