@@ -14,10 +14,10 @@ SMOKE_MODEL ?= robust_resnet64
 SMOKE_OUT   := $(SCRATCH)/smoke
 SMOKE_RUNS  := $(SMOKE_OUT)/runs
 SMOKE_NB    := CIFAR_PROFILE=smoke $(PAPERMILL)
-# `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.sweep; a local Ray unless SWEEP_ADDRESS names a
+# `make sweep`: a hyper-parameter sweep on Ray Tune (python -m lib.scale.sweep; a local Ray unless SWEEP_ADDRESS names a
 # cluster), then its figure (sweep_<name>.png) and table (sweep_<name>.md) in figures/ and report/ -- for the smoke
 # profile in $(SMOKE_OUT)/figures and $(SMOKE_OUT)/report. SWEEP_PARAMS: one NAME=V1,V2 per swept setting;
-# SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.sweep option, e.g. "--scheduler asha
+# SWEEP_PROFILE=paper for real runs (GPU); SWEEP_ARGS: any further lib.scale.sweep option, e.g. "--scheduler asha
 # --gpus-per-trial 0.5". Rerunning continues the sweep (--resume).
 SWEEP_PROFILE ?= smoke
 SWEEP_MODEL   ?= light_resnet18
@@ -30,7 +30,7 @@ SWEEP_OUT     := $(if $(filter smoke,$(SWEEP_PROFILE)),$(SMOKE_OUT)/,)
 # Models of the report's Table 1 that `make reproduce` trains with the paper profile.
 REPRODUCE_MODELS ?= light_resnet18 light_resnet18_v2 light_resnet18_v2_b45 robust_resnet64
 
-.PHONY: venv test smoke reproduce sweep lab bench clean colab-links gpu-check gpu-dry-run gpu-prepare gpu-window
+.PHONY: venv test smoke reproduce sweep lab bench clean colab-links gpu-check gpu-dry-run
 
 venv: $(VENV)/.installed
 
@@ -85,7 +85,7 @@ reproduce: venv
 	$(PY) -m lib.report --runs $(addprefix runs/,$(REPRODUCE_MODELS)) --figures figures --report report
 
 sweep: venv
-	$(PY) -m lib.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
+	$(PY) -m lib.scale.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
 		$(if $(SWEEP_ADDRESS),--address $(SWEEP_ADDRESS)) --out $(SWEEP_DIR) --resume $(SWEEP_ARGS)
 	$(PY) -m lib.report --sweep $(SWEEP_DIR) --figures $(SWEEP_OUT)figures --report $(SWEEP_OUT)report
 
@@ -98,43 +98,27 @@ lab: venv
 bench: venv
 	$(PY) -m lib.bench --json $(SCRATCH)/bench.json
 
-# `make gpu-check`: on one CUDA GPU, the CUDA tests, the benchmark, then the Table-1 models (paper recipe but for
-# --epochs) on real CIFAR-10 at the longest schedule that fits GPU_MINUTES, and the RobustResNet64 loader A/B
-# (lib.gpu_runs; summary in $(GPU_OUT)/summary.json). GPU_PY=python3 runs it with that interpreter instead of the
-# venv (a machine with torch installed and no pip). `make gpu-dry-run`: the same on the CPU, tiny.
-GPU_MINUTES ?= 8
+# `make gpu-check`: a new GPU machine checked in under 10 minutes (python -m lib.bench.gpu_check; its docstring says
+# more): the CUDA tests, eager vs compiled training steps (lib.bench), then RobustResNet64 on its 300-epoch paper
+# schedule for what is left of GPU_MINUTES (--time-limit, --resume: a second call continues it). Every result lands
+# in GPU_OUT as its stage ends; a failing stage never stops the next. GPU_PY=python3: any python with torch,
+# torchvision, pandas and pytest, no venv, no network. CIFAR-10 from DATA, else converted from the JPEG copy when
+# GPU_JPEG holds its two tarballs and cifar10_from_jpeg.py, else GPU_ARGS=--download fetches it.
+# `make gpu-dry-run`: every stage on the CPU on smoke data, tiny (a few minutes): the chain, not the machine.
 GPU_PY      ?=
-DEVICE      ?= cuda
-GPU_OUT     ?= runs/gpu
-GPU_DATA    ?= data
-GPU_ARGS    ?= --download
+GPU_OUT     ?= runs/gpu-check
+GPU_MINUTES ?= 9.5
+DATA        ?= data
+GPU_JPEG    ?= data/cifar10-jpeg
+GPU_ARGS    ?=
 GPU_PYTHON  := $(if $(GPU_PY),$(GPU_PY),$(PY))
 gpu-check: $(if $(GPU_PY),,venv)
-	mkdir -p $(GPU_OUT)
-	$(GPU_PYTHON) -m pytest -m cuda -p no:cacheprovider tests/test_cuda.py
-	$(GPU_PYTHON) -m lib.bench --device $(DEVICE) --json $(GPU_OUT)/bench_$(DEVICE).json $(if $(filter cpu,$(DEVICE)),--quick)
-	$(GPU_PYTHON) -m lib.gpu_runs all --device $(DEVICE) --minutes $(GPU_MINUTES) --out $(GPU_OUT) \
-		--data-dir $(GPU_DATA) $(GPU_ARGS)
+	$(GPU_PYTHON) -m lib.bench.gpu_check --out $(GPU_OUT) --minutes $(GPU_MINUTES) --data-dir $(DATA) \
+		$(if $(wildcard $(GPU_JPEG)/cifar10_from_jpeg.py),--jpeg-dir $(GPU_JPEG)) $(GPU_ARGS)
 
-gpu-dry-run:
+gpu-dry-run: $(if $(GPU_PY),,venv)
 	rm -rf $(SCRATCH)/gpu-dry-run
-	$(MAKE) gpu-check DEVICE=cpu GPU_MINUTES=$(if $(filter command line,$(origin GPU_MINUTES)),$(GPU_MINUTES),6) \
-		GPU_OUT=$(SCRATCH)/gpu-dry-run GPU_DATA=data/smoke \
-		GPU_ARGS="--profile smoke --train-size 32 --val-size 20 --models light_resnet18 robust_resnet64 \
-		--train-args '--base-channels 8 --batch-size 16'"
-
-# One short GPU window in one call (tests/gpu_window.sh: CUDA tests, benchmark, robust_resnet64 for what is left of
-# 8.5 minutes, every stage's files in $OUT as it ends), with the machine's own python3.
-gpu-window:
-	bash tests/gpu_window.sh
-
-# Copy the two CIFAR-10 JPEG tarballs and their converter into .carry/ (git-ignored) for a GPU machine without
-# network: make gpu-prepare SHARED_DATA=folder-with-the-tarballs [CONVERTER=path/to/cifar10_from_jpeg.py]
-CONVERTER ?= $(SHARED_DATA)/../tools/cifar10_from_jpeg.py
-gpu-prepare:
-	@test -n "$(SHARED_DATA)" || { echo "usage: make gpu-prepare SHARED_DATA=folder-with-the-tarballs" >&2; exit 2; }
-	mkdir -p .carry
-	install -m 644 $(SHARED_DATA)/cifar10-train-jpeg.tar.gz $(SHARED_DATA)/cifar10-test-jpeg.tar.gz $(CONVERTER) .carry/
+	$(GPU_PYTHON) -m lib.bench.gpu_check --dry-run --out $(SCRATCH)/gpu-dry-run --minutes 4 --min-train-minutes 1 $(GPU_ARGS)
 
 clean:
 	rm -rf $(SCRATCH) runs/*_smoke* data/smoke .pytest_cache

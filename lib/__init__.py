@@ -1,6 +1,24 @@
 """CIFAR-10 ResNets of the "Deep Fried Learning" course report, as a small library.
 
-Data flows one way: data -> augment -> train -> checkpoint/history -> predict/report.
-Every module is importable on its own; the command lines are ``python -m lib.<module>``.
+The report's core, in the order data flows (a module imports only those above it):
+
+    common        errors and exit codes, atomic writes, devices, the run-folder lock and signals
+    models        the four Table 1 networks by name: build_model("robust_resnet64", dropout=0.2)
+    config        a run's every setting (RunConfig, each field of one kind), profiles, the augmentation spec
+    data          CIFAR-10 on disk (official batches, Kaggle pickle), splits, normalisation statistics
+    smoke_data    synthetic files in the official format, for the smoke profile and the tests
+    policies      the augmentation spec (AugmentSpec) and RandAugment / AutoAugment as published tables
+    batch_augment the augmentations on whole batches on any device (the "device" loader)
+    augment       the per-sample torchvision pipeline, MixUp/CutMix, the training and evaluation loaders
+    recipe        SGD-Nesterov, the cosine schedule, label-smoothed loss, one training step, evaluation
+    checkpoint    the run folder: checkpoints, history.csv, resume checks, each epoch's files
+    train         one run: the loop over epochs (torchrun: lib.scale.distributed)   python -m lib.train --help
+    predict       flip-TTA predictions, a Kaggle submission   python -m lib.predict --help
+    runs          run folders as the report reads them
+    reference     the original team's logs (report/reference/), beside our runs in Figure 1
+    report        Figure 1 and Table 1        python -m lib.report --help
+
+Beside it, each concern in its own package: ``lib.colab`` (notebook set-up, Google Drive), ``lib.scale`` (Ray Tune
+sweeps, torchrun), ``lib.analysis`` (failures, calibration, corruptions), ``lib.bench`` (speed, ``make gpu-check``).
 """
 __version__ = "0.1.0"

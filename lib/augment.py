@@ -1,5 +1,5 @@
-"""The report's augmentations and the training/evaluation loaders, from the run config (``cfg.augment_ops()``
-says which augmentations are on):
+"""The report's augmentations and the training/evaluation loaders. What the augmentation does is one
+``lib.policies.AugmentSpec``, read once from the run config; both pipelines read that spec:
 
 - per-sample (``train_transform``, here): torchvision.transforms.v2 on one image (PIL or uint8 CHW tensor), run
   by a DataLoader ("torchvision" loader, what the report used);
@@ -7,7 +7,7 @@ says which augmentations are on):
   independent random parameters per image ("device" loader: thousands of images per call, batches sliced from
   them; the data never waits on the CPU).
 
-``BatchMix`` (MixUp/CutMix with probability ``cfg.mix_prob``, soft targets) serves both loaders.
+``BatchMix`` (MixUp/CutMix with probability ``spec.mix_prob``, soft targets) serves both loaders.
 All randomness comes from torch's global RNGs, so ``torch.manual_seed(s)`` before an epoch replays the epoch.
 
 Pipeline order (both paths): crop(pad 4) -> flip -> colour jitter -> rotation -> RandAugment | AutoAugment
@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .batch_augment import ERASING_RATIO, ERASING_SCALE, PADDING, BatchAugment
+from .batch_augment import BatchAugment
 from .config import RunConfig
-from .policies import policy_name
+from .policies import ERASING_RATIO, ERASING_SCALE, PADDING, AugmentSpec
 
 NUM_CLASSES = 10
 
@@ -37,32 +37,29 @@ NUM_CLASSES = 10
 # ====================================================================================================
 # Per-sample path: torchvision.transforms.v2
 # ====================================================================================================
-def train_transform(cfg: RunConfig, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def train_transform(spec, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """uint8 CHW tensor or PIL image -> augmented, normalised float CHW tensor, as the report's DataLoader did it.
 
     The loader feeds PIL images: torchvision's PIL kernels ran this pipeline about 1.6x faster per core than its
     uint8-tensor kernels on 32x32 images (report/benchmarks.md)."""
-    ops = cfg.augment_ops()
+    s = AugmentSpec.of(spec)
     steps: list[v2.Transform] = []
-    if "crop" in ops:
+    if s.crop:
         steps.append(v2.RandomCrop(32, padding=PADDING))
-    if "flip" in ops:
+    if s.flip:
         steps.append(v2.RandomHorizontalFlip())
-    if "jitter" in ops and cfg.color_jitter > 0:
-        j = cfg.color_jitter
-        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=j / 4))
-    if "rotation" in ops and cfg.rotation_degrees > 0:
-        steps.append(v2.RandomRotation(cfg.rotation_degrees))
-    policy = policy_name(ops)
-    if policy == "randaugment":
-        steps.append(v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude))
-    elif policy == "autoaugment":
+    if s.jitter > 0:
+        steps.append(v2.ColorJitter(brightness=s.jitter, contrast=s.jitter, saturation=s.jitter, hue=s.jitter / 4))
+    if s.rotation > 0:
+        steps.append(v2.RandomRotation(s.rotation))
+    if s.policy == "randaugment":
+        steps.append(v2.RandAugment(num_ops=s.num_ops, magnitude=s.magnitude))
+    elif s.policy == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if "erasing" in ops and cfg.erasing_prob > 0:
-        value = "random" if cfg.erasing_value == "random" else 0  # "random": per-pixel N(0, 1), as the notebooks
-        steps.append(v2.RandomErasing(p=cfg.erasing_prob, scale=(ERASING_SCALE[0], cfg.erasing_max_area),
-                                      ratio=ERASING_RATIO, value=value))
+    if s.erasing_prob > 0:  # value "random": per-pixel N(0, 1), as the notebooks
+        steps.append(v2.RandomErasing(p=s.erasing_prob, scale=(ERASING_SCALE[0], s.erasing_max_area),
+                                      ratio=ERASING_RATIO, value="random" if s.erasing_random else 0))
     return v2.Compose(steps)
 
 
@@ -75,18 +72,19 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
 # MixUp / CutMix per batch (both loaders)
 # ====================================================================================================
 class BatchMix:
-    """``(x float NCHW, y int64) -> (x, soft targets float (N, C))``: with probability ``cfg.mix_prob`` the batch
+    """``(x float NCHW, y int64) -> (x, soft targets float (N, C))``: with probability ``spec.mix_prob`` the batch
     gets v2.MixUp or v2.CutMix (50/50, one lambda per batch, as torchvision), else one-hot targets.
 
     Works on device tensors without a host sync: the coin, the choice and lambda are drawn on the CPU RNG
     (torchvision draws them there) and only the mixing itself runs on the tensors' device.
     """
 
-    def __init__(self, cfg: RunConfig, num_classes: int = NUM_CLASSES):
-        self.mix_prob = cfg.mix_prob
+    def __init__(self, spec, num_classes: int = NUM_CLASSES):
+        s = AugmentSpec.of(spec)
+        self.mix_prob = s.mix_prob
         self.num_classes = num_classes
-        self.mix = v2.RandomChoice([v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes),
-                                    v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes)])
+        self.mix = v2.RandomChoice([v2.MixUp(alpha=s.mixup_alpha, num_classes=num_classes),
+                                    v2.CutMix(alpha=s.cutmix_alpha, num_classes=num_classes)])
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mix_prob > 0 and float(torch.rand(())) < self.mix_prob:
@@ -164,16 +162,17 @@ class _MixCollate:
 class TorchvisionLoader:
     """Per-sample v2 transforms in a DataLoader (shuffle, drop_last), BatchMix in the collate, then to device."""
 
-    def __init__(self, cfg: RunConfig, x, y, mean, std, device):
+    def __init__(self, spec: AugmentSpec, x, y, mean, std, device, batch_size: int,
+                 channels_last: bool | None = None, num_workers: int | None = None):
         self.device = torch.device(device)
-        self.memory_format = (torch.channels_last if resolve_channels_last(cfg.channels_last, self.device)
+        self.memory_format = (torch.channels_last if resolve_channels_last(channels_last, self.device)
                               else torch.contiguous_format)
-        workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.device)
+        workers = num_workers if num_workers is not None else default_num_workers(self.device)
         # non-persistent workers: every epoch's workers are seeded afresh from the global torch RNG
-        self.loader = DataLoader(ArrayDataset(x, y, train_transform(cfg, mean, std)),
-                                 batch_size=min(cfg.batch_size, len(x)), shuffle=True, drop_last=True,
+        self.loader = DataLoader(ArrayDataset(x, y, train_transform(spec, mean, std)),
+                                 batch_size=min(batch_size, len(x)), shuffle=True, drop_last=True,
                                  num_workers=workers, pin_memory=self.device.type == "cuda",
-                                 collate_fn=_MixCollate(BatchMix(cfg)), persistent_workers=False)
+                                 collate_fn=_MixCollate(BatchMix(spec)), persistent_workers=False)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -198,16 +197,17 @@ class DeviceLoader:
     device; BatchAugment on a chunk of thousands of images at a time (each image its own random parameters, as
     batch by batch), batches sliced from the chunk, BatchMix per batch. No per-sample Python, no host syncs."""
 
-    def __init__(self, cfg: RunConfig, x, y, mean, std, device, chunk_images: int | None = None):
+    def __init__(self, spec: AugmentSpec, x, y, mean, std, device, batch_size: int,
+                 channels_last: bool | None = None, chunk_images: int | None = None):
         self.device = torch.device(device)
-        self.memory_format = (torch.channels_last if resolve_channels_last(cfg.channels_last, self.device)
+        self.memory_format = (torch.channels_last if resolve_channels_last(channels_last, self.device)
                               else torch.contiguous_format)
         self.x = _to_device_nchw(x, self.device)
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
-        self.batch_size = min(cfg.batch_size, len(self.y))
+        self.batch_size = min(batch_size, len(self.y))
         self.chunk_images = chunk_images or default_chunk_images(self.device)
-        self.augment = BatchAugment(cfg, mean, std)
-        self.mix = BatchMix(cfg)
+        self.augment = BatchAugment(spec, mean, std)
+        self.mix = BatchMix(spec)
 
     def __len__(self) -> int:
         return len(self.y) // self.batch_size  # drop_last
@@ -258,10 +258,10 @@ def make_train_loader(cfg: RunConfig, x: np.ndarray, y: np.ndarray, mean, std, d
     """Training batches ``(x float NCHW, soft targets (B, 10))`` on ``device``; len() = steps per epoch
     (drop_last; a set smaller than one batch gives one batch of all of it)."""
     _check_arrays(x, y)
-    kind = resolve_loader_kind(kind, device)
-    if kind == "device":
-        return DeviceLoader(cfg, x, y, mean, std, device)
-    return TorchvisionLoader(cfg, x, y, mean, std, device)
+    spec = AugmentSpec.of(cfg)
+    if resolve_loader_kind(kind, device) == "device":
+        return DeviceLoader(spec, x, y, mean, std, device, cfg.batch_size, cfg.channels_last)
+    return TorchvisionLoader(spec, x, y, mean, std, device, cfg.batch_size, cfg.channels_last, cfg.num_workers)
 
 
 def make_eval_loader(x: np.ndarray, y: np.ndarray, mean, std, device, batch_size: int = 256,

@@ -25,13 +25,9 @@ import torch
 import torch.nn.functional as nnf
 from torchvision.transforms.v2 import functional as F
 
-from .config import RunConfig
-from .policies import (AUTOAUGMENT_BINS, AUTOAUGMENT_CIFAR10, GEOMETRIC, OP, OPS, RANDAUGMENT_BINS, RANDAUGMENT_OPS,
-                       SIGNED_MAX, magnitude, policy_name)
+from .policies import (AUTOAUGMENT_BINS, AUTOAUGMENT_CIFAR10, ERASING_RATIO, ERASING_SCALE, GEOMETRIC, OP, OPS,
+                       PADDING, RANDAUGMENT_BINS, RANDAUGMENT_OPS, SIGNED_MAX, AugmentSpec, magnitude)
 
-PADDING = 4                    # RandomCrop(32, padding=4): the standard CIFAR crop
-ERASING_SCALE = (0.02, 0.33)   # v2.RandomErasing defaults (area fraction, aspect ratio); cfg.erasing_max_area
-ERASING_RATIO = (0.3, 3.3)     # replaces the upper end of the area
 ERASING_TRIES = 10             # v2.RandomErasing gives up (erases nothing) after 10 boxes that do not fit
 
 
@@ -199,24 +195,94 @@ def apply_policy_op(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------------------------------
-class BatchAugment:
-    """uint8 NCHW batch (any device, channels_last fine) -> augmented, normalised float32 NCHW batch."""
+# Drawing the parameters (every random number of a batch, one row per image) and applying them
+# ----------------------------------------------------------------------------------------------------
+def policy_table(spec: AugmentSpec, H: int, W: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The policy's ops, magnitudes and (AutoAugment) probabilities as tensors on ``device``."""
+    signed = [name in SIGNED_MAX for name in OPS]
+    if spec.policy == "randaugment":
+        table = {"choices": [OP[name] for name in RANDAUGMENT_OPS], "signed": signed,
+                 "mags": [magnitude(name, spec.magnitude, RANDAUGMENT_BINS, H, W) for name in OPS]}
+    else:
+        table = {"op": [[OP[name] for name, _, _ in pol] for pol in AUTOAUGMENT_CIFAR10],
+                 "prob": [[prob for _, prob, _ in pol] for pol in AUTOAUGMENT_CIFAR10],
+                 "mag": [[magnitude(name, b, AUTOAUGMENT_BINS, H, W) for name, _, b in pol]
+                         for pol in AUTOAUGMENT_CIFAR10], "signed": signed}
+    return {k: torch.tensor(v, device=device) for k, v in table.items()}
 
-    def __init__(self, cfg: RunConfig, mean: Sequence[float], std: Sequence[float]):
-        ops = cfg.augment_ops()
-        self.crop = "crop" in ops
-        self.flip = "flip" in ops
-        self.jitter = cfg.color_jitter if "jitter" in ops else 0.0
-        self.rotation = cfg.rotation_degrees if "rotation" in ops else 0.0
-        self.policy = policy_name(ops)
-        self.num_ops = cfg.randaugment_ops if self.policy == "randaugment" else 2
-        if self.num_ops == 0:  # RandAugment(num_ops=0) does nothing
-            self.policy = None
-        self.magnitude = cfg.randaugment_magnitude
-        self.erasing_prob = cfg.erasing_prob if "erasing" in ops else 0.0
-        self.erasing_scale = (ERASING_SCALE[0], cfg.erasing_max_area)
-        # "zero": 0 after normalising (v2.RandomErasing(value=0)); "random": per-pixel N(0, 1) (value="random")
-        self.erasing_random = cfg.erasing_value == "random"
+
+def sample_policy(spec: AugmentSpec, t: dict[str, torch.Tensor], N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's policy ops (index into OPS) and signed magnitudes, one column per slot."""
+    dev, slots = t["signed"].device, []
+    if spec.policy == "randaugment":  # each slot: one of the 14 ops uniformly, at the configured magnitude
+        for _ in range(spec.num_ops):
+            op = t["choices"][torch.randint(len(t["choices"]), (N,), device=dev)]
+            slots.append((op, t["mags"][op]))
+    else:  # AutoAugment CIFAR-10: one of 25 sub-policies; each of its two ops runs with its probability
+        policy = torch.randint(t["op"].shape[0], (N,), device=dev)
+        for k in range(2):
+            run = torch.rand(N, device=dev) <= t["prob"][policy, k]
+            slots.append((torch.where(run, t["op"][policy, k], OP["Identity"]), t["mag"][policy, k]))
+    ops, mags = [], []
+    for op, mag in slots:  # torchvision: a signed op's magnitude is negated with probability 1/2
+        flip_sign = t["signed"][op] & (torch.rand(N, device=dev) <= 0.5)
+        ops.append(op)
+        mags.append(torch.where(flip_sign, -mag, mag))
+    return torch.stack(ops, 1), torch.stack(mags, 1)
+
+
+def sample_erasing(spec: AugmentSpec, N: int, H: int, W: int, dev: torch.device) -> torch.Tensor:
+    """v2.RandomErasing's box sampling, vectorised over images and its 10 tries: (erase?, top, left, h, w)."""
+    area = H * W * torch.empty(N, ERASING_TRIES, device=dev).uniform_(ERASING_SCALE[0], spec.erasing_max_area)
+    log_ratio = torch.empty(N, ERASING_TRIES, device=dev).uniform_(math.log(ERASING_RATIO[0]),
+                                                                   math.log(ERASING_RATIO[1]))
+    h = torch.round(torch.sqrt(area * torch.exp(log_ratio)))
+    w = torch.round(torch.sqrt(area / torch.exp(log_ratio)))
+    fits = (h < H) & (w < W)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # torchvision takes the first box that fits
+    h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
+    top = torch.floor(torch.rand(N, device=dev) * (H - h + 1))
+    left = torch.floor(torch.rand(N, device=dev) * (W - w + 1))
+    erase = (torch.rand(N, device=dev) < spec.erasing_prob) & fits.any(1)
+    return torch.stack([erase.float(), top, left, h, w], 1)
+
+
+def crop_flip(x: torch.Tensor, shift: torch.Tensor | None, flipped: torch.Tensor | None) -> torch.Tensor:
+    """Crop (zero padding) and flip as one flat gather on uint8: several times faster than 4-D indexing."""
+    N, C, H, W = x.shape
+    dev = x.device
+    rows = torch.arange(H, device=dev).expand(N, H)
+    cols = torch.arange(W, device=dev).expand(N, W)
+    if flipped is not None:
+        cols = torch.where(flipped.view(N, 1), W - 1 - cols, cols)
+    pad = PADDING if shift is not None else 0
+    if shift is not None:
+        rows, cols = rows + shift[:, :1] + pad, cols + shift[:, 1:] + pad
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    padded = nnf.pad(x, (pad, pad, pad, pad)).flatten(1)
+    index = (torch.arange(C, device=dev).view(1, C, 1, 1) * (Hp * Wp) + rows[:, None, :, None] * Wp
+             + cols[:, None, None, :])
+    return padded.gather(1, index.flatten(1)).view(N, C, H, W)
+
+
+def erase(x: torch.Tensor, box: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image's box (erase?, top, left, h, w) set to 0, or to ``noise`` (value="random")."""
+    N, _, H, W = x.shape
+    on, top, left, h, w = (v.view(N, 1, 1) for v in box.unbind(1))
+    rows = torch.arange(H, device=x.device).view(1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & (on > 0)
+    if noise is None:
+        return x.masked_fill(inside[:, None], 0.0)
+    return torch.where(inside[:, None], noise, x)
+
+
+class BatchAugment:
+    """uint8 NCHW batch (any device, channels_last fine) -> augmented, normalised float32 NCHW batch:
+    ``apply(x, sample_params(x))``, as torchvision.transforms.v2's ``make_params`` / ``transform``."""
+
+    def __init__(self, spec, mean: Sequence[float], std: Sequence[float]):
+        self.spec = AugmentSpec.of(spec)
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         # constant tensors per device (and image size): a host-to-device copy per batch would be a host sync
         self._consts: dict = {}
@@ -227,88 +293,39 @@ class BatchAugment:
             raise ValueError(f"BatchAugment expects a uint8 (N, 3, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         return self.apply(x, self.sample_params(x))
 
-    # ------------------------------------------------------------------------------------------------
     def sample_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every random draw for batch ``x``, one row per image, on its device; keys only for the ops that are on:
         flip (bool), crop (row/column shift -4..4), jitter (brightness, contrast, saturation factors, hue shift),
         jitter_order, ops / magnitudes (per policy slot: index into OPS, signed magnitude), rotation (degrees),
-        erasing (erase?, top, left, height, width), erasing_noise (N(0, 1) per pixel, with erasing_value "random")."""
-        N, _, H, W = x.shape
-        dev = x.device
+        erasing (erase?, top, left, height, width), erasing_noise (N(0, 1) per pixel, with erasing_value "random").
+        Drawn in this fixed order from torch's global RNG, so ``torch.manual_seed`` replays a batch."""
+        (N, _, H, W), dev, s = x.shape, x.device, self.spec
         p: dict[str, torch.Tensor] = {}
-        if self.flip:
+        if s.flip:
             p["flip"] = torch.rand(N, device=dev) < 0.5  # v2.RandomHorizontalFlip(p=0.5)
-        if self.crop:  # RandomCrop(padding=4): offsets uniform in 0..8 of the padded image = shift -4..4
+        if s.crop:  # RandomCrop(padding=4): offsets uniform in 0..8 of the padded image = shift -4..4
             p["crop"] = torch.cat([torch.randint(0, 2 * PADDING + 1, (N, 1), device=dev) for _ in "yx"], 1) - PADDING
-        if self.jitter > 0:
-            j = self.jitter
+        if s.jitter > 0:
+            j = s.jitter
             factors = [torch.empty(N, device=dev).uniform_(max(0.0, 1 - j), 1 + j) for _ in range(3)]
             p["jitter"] = torch.stack(factors + [torch.empty(N, device=dev).uniform_(-j / 4, j / 4)], 1)
             p["jitter_order"] = torch.rand(N, 4, device=dev).argsort(1)  # each its own order, as v2's randperm(4)
-        if self.policy:
-            p["ops"], p["magnitudes"] = self._sample_policy(N, H, W, dev)
-        if self.rotation > 0:
-            p["rotation"] = torch.empty(N, device=dev).uniform_(-self.rotation, self.rotation)  # v2.RandomRotation
-        if self.erasing_prob > 0:
-            p["erasing"] = self._sample_erasing(N, H, W, dev)
-            if self.erasing_random:  # v2.RandomErasing(value="random"): normal_() for each erased value
+        if s.policy:
+            key = (H, W, str(dev))
+            if key not in self._tables:
+                self._tables[key] = policy_table(s, H, W, dev)
+            p["ops"], p["magnitudes"] = sample_policy(s, self._tables[key], N)
+        if s.rotation > 0:
+            p["rotation"] = torch.empty(N, device=dev).uniform_(-s.rotation, s.rotation)  # v2.RandomRotation
+        if s.erasing_prob > 0:
+            p["erasing"] = sample_erasing(s, N, H, W, dev)
+            if s.erasing_random:  # v2.RandomErasing(value="random"): normal_() for each erased value
                 p["erasing_noise"] = torch.randn(N, x.shape[1], H, W, device=dev)
         return p
 
-    def _table(self, H: int, W: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """The policy's ops, magnitudes and (AutoAugment) probabilities as device tensors, once per size/device."""
-        key = (H, W, str(device))
-        if key not in self._tables:
-            signed = [name in SIGNED_MAX for name in OPS]
-            if self.policy == "randaugment":
-                table = {"choices": [OP[name] for name in RANDAUGMENT_OPS], "signed": signed,
-                         "mags": [magnitude(name, self.magnitude, RANDAUGMENT_BINS, H, W) for name in OPS]}
-            else:
-                table = {"op": [[OP[name] for name, _, _ in pol] for pol in AUTOAUGMENT_CIFAR10],
-                         "prob": [[prob for _, prob, _ in pol] for pol in AUTOAUGMENT_CIFAR10],
-                         "mag": [[magnitude(name, b, AUTOAUGMENT_BINS, H, W) for name, _, b in pol]
-                                 for pol in AUTOAUGMENT_CIFAR10], "signed": signed}
-            self._tables[key] = {k: torch.tensor(v, device=device) for k, v in table.items()}
-        return self._tables[key]
-
-    def _sample_policy(self, N: int, H: int, W: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self._table(H, W, dev)
-        slots = []
-        if self.policy == "randaugment":  # each slot: one of the 14 ops uniformly, at the configured magnitude
-            for _ in range(self.num_ops):
-                op = t["choices"][torch.randint(len(t["choices"]), (N,), device=dev)]
-                slots.append((op, t["mags"][op]))
-        else:  # AutoAugment CIFAR-10: one of 25 sub-policies; each of its two ops runs with its probability
-            policy = torch.randint(t["op"].shape[0], (N,), device=dev)
-            for k in range(2):
-                run = torch.rand(N, device=dev) <= t["prob"][policy, k]
-                slots.append((torch.where(run, t["op"][policy, k], OP["Identity"]), t["mag"][policy, k]))
-        ops, mags = [], []
-        for op, mag in slots:  # torchvision: a signed op's magnitude is negated with probability 1/2
-            flip_sign = t["signed"][op] & (torch.rand(N, device=dev) <= 0.5)
-            ops.append(op)
-            mags.append(torch.where(flip_sign, -mag, mag))
-        return torch.stack(ops, 1), torch.stack(mags, 1)
-
-    def _sample_erasing(self, N: int, H: int, W: int, dev: torch.device) -> torch.Tensor:
-        """v2.RandomErasing's box sampling, vectorised over images and its 10 tries."""
-        area = H * W * torch.empty(N, ERASING_TRIES, device=dev).uniform_(*self.erasing_scale)
-        log_ratio = torch.empty(N, ERASING_TRIES, device=dev).uniform_(math.log(ERASING_RATIO[0]),
-                                                                       math.log(ERASING_RATIO[1]))
-        h = torch.round(torch.sqrt(area * torch.exp(log_ratio)))
-        w = torch.round(torch.sqrt(area / torch.exp(log_ratio)))
-        fits = (h < H) & (w < W)
-        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # torchvision takes the first box that fits
-        h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]
-        top = torch.floor(torch.rand(N, device=dev) * (H - h + 1))
-        left = torch.floor(torch.rand(N, device=dev) * (W - w + 1))
-        erase = (torch.rand(N, device=dev) < self.erasing_prob) & fits.any(1)
-        return torch.stack([erase.float(), top, left, h, w], 1)
-
-    # ------------------------------------------------------------------------------------------------
     def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         """Batch ``x`` augmented with the parameters ``p`` of ``sample_params``; no random draws."""
-        x = self._crop_flip(x, p.get("crop"), p.get("flip")) if self.crop or self.flip else x.contiguous()
+        x = crop_flip(x, p.get("crop"), p.get("flip")) if "crop" in p or "flip" in p else x.contiguous()
         x = F.to_dtype(x, torch.float32, scale=True)  # [0, 1]
         if "jitter" in p:
             x = color_jitter(x, p["jitter"], p["jitter_order"])
@@ -318,45 +335,11 @@ class BatchAugment:
                 x = apply_policy_op(x, p["ops"][:, k], p["magnitudes"][:, k], rotation if k == 0 else None)
         elif rotation is not None:
             x = warp(x, rotation)
-        mean, std = self._const(x.device)
+        if str(x.device) not in self._consts:
+            self._consts[str(x.device)] = tuple(torch.tensor(v, dtype=torch.float32).view(-1, 1, 1).to(x.device)
+                                                for v in (self.mean, self.std))
+        mean, std = self._consts[str(x.device)]
         x = x.sub_(mean).div_(std)  # what F.normalize computes, without its per-call host-to-device copy
         if "erasing" in p:
-            x = self._erase(x, p["erasing"], p.get("erasing_noise"))
+            x = erase(x, p["erasing"], p.get("erasing_noise"))
         return x
-
-    def _const(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = str(device)
-        if key not in self._consts:
-            self._consts[key] = tuple(torch.tensor(v, dtype=torch.float32).view(-1, 1, 1).to(device)
-                                      for v in (self.mean, self.std))
-        return self._consts[key]
-
-    @staticmethod
-    def _crop_flip(x: torch.Tensor, shift: torch.Tensor | None, flipped: torch.Tensor | None) -> torch.Tensor:
-        """Crop (zero padding) and flip as one flat gather on uint8: several times faster than 4-D indexing."""
-        N, C, H, W = x.shape
-        dev = x.device
-        rows = torch.arange(H, device=dev).expand(N, H)
-        cols = torch.arange(W, device=dev).expand(N, W)
-        if flipped is not None:
-            cols = torch.where(flipped.view(N, 1), W - 1 - cols, cols)
-        pad = PADDING if shift is not None else 0
-        if shift is not None:
-            rows, cols = rows + shift[:, :1] + pad, cols + shift[:, 1:] + pad
-        Hp, Wp = H + 2 * pad, W + 2 * pad
-        padded = nnf.pad(x, (pad, pad, pad, pad)).flatten(1)
-        index = (torch.arange(C, device=dev).view(1, C, 1, 1) * (Hp * Wp) + rows[:, None, :, None] * Wp
-                 + cols[:, None, None, :])
-        return padded.gather(1, index.flatten(1)).view(N, C, H, W)
-
-    @staticmethod
-    def _erase(x: torch.Tensor, box: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        N, _, H, W = x.shape
-        erase, top, left, h, w = (v.view(N, 1, 1) for v in box.unbind(1))
-        rows = torch.arange(H, device=x.device).view(1, H, 1)
-        cols = torch.arange(W, device=x.device).view(1, 1, W)
-        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & (erase > 0)
-        if noise is None:
-            return x.masked_fill(inside[:, None], 0.0)
-        return torch.where(inside[:, None], noise, x)
-

@@ -1,19 +1,34 @@
-"""Checkpoints: lib.train writes them; this is the one reader (resume, prediction, evaluation), with one error
-policy: a missing, truncated, foreign or unreadable file is a UserError naming it, in one line.
+"""The run folder: checkpoints (the one reader, for resume, prediction and evaluation, with one error policy: a
+missing, truncated, foreign or unreadable file is a UserError naming it, in one line), history.csv, what config.json
+records beside the settings, the checks before --resume, and each epoch's files written so that a full disk or a
+kill leaves the epochs before complete.
 
 Loading uses ``weights_only=True``: a checkpoint is a pickle and must not be able to run code.
 """
 from __future__ import annotations
 
+import csv
+import errno
+import gc
+import io
+import json
 import os
+import platform
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from .common import UserError
-from .models import LEGACY_OPTIONS, build_model
+from . import __version__
+from .common import WRITE_FAILED_EXIT_CODE, UserError, atomic_path, atomic_torch_save
+from .config import MODEL_FIELDS, RESUME_MAY_CHANGE, RunConfig
+from .models import LEGACY_OPTIONS, build_model, resolve_config
 
 # 2: the original notebooks' models and recipe (SE on the block input, whole-batch stochastic depth, Kaiming init,
 # per-epoch cosine). Format 1 files still load for prediction, read as the models they were trained with (model
@@ -70,3 +85,201 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = text if len(text) <= limit else text[:limit] + "..."
     return f"{type(exc).__name__}: {text}"
+
+
+class WriteFailedError(UserError):
+    """A file of the run folder could not be written (full disk, quota, no permission, the folder gone): the
+    run ends with one line saying what to do (exit code WRITE_FAILED_EXIT_CODE); what was there stays intact."""
+
+    exit_code = WRITE_FAILED_EXIT_CODE
+
+    def __init__(self, message: str, complete_epochs: int, command: str | None = None):
+        super().__init__(message)
+        self.message, self.complete_epochs, self.command = message, complete_epochs, command
+
+    def __str__(self) -> str:
+        then = f"run {self.command}" if self.command else "run again with the same settings" + (
+            " and --resume" if self.complete_epochs else "")
+        return self.message + (f"; to continue, make room and {then}" if self.complete_epochs
+                               else f"; make room and {then}")
+
+    def with_command(self, command: str) -> "WriteFailedError":
+        """The same error, naming the command that continues (or restarts) the run."""
+        return WriteFailedError(self.message, self.complete_epochs, command)
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or the RuntimeError torch.save's zip writer raises when a write stops part-way (a disk that
+    fills mid-file: "[enforce fail at inline_container.cc] unexpected pos ..." or "PytorchStreamWriter failed
+    writing file ...")."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("unexpected pos", "PytorchStreamWriter"))
+
+
+def write_or_explain(path: Path, write: Callable[[Path], None], size: Callable[[], int], run_dir: Path,
+                     complete_epochs: int) -> None:
+    """``write(path)``; a write failure becomes WriteFailedError: the file, why, the free space on its file
+    system against ``size()`` bytes, and the epochs ``run_dir`` keeps complete."""
+    try:
+        write(path)
+        return
+    except (OSError, RuntimeError) as exc:
+        if not is_write_failure(exc):
+            raise
+        why = (exc.strerror or errno.errorcode.get(exc.errno, "") or str(exc)) if isinstance(exc, OSError) \
+            else "the write stopped part-way, as when the disk fills"
+    # Measured once the failed write's frames are gone: torch's zip writer keeps the deleted temporary file
+    # open (its space still in use) for as long as the exception's traceback holds it.
+    gc.collect()
+    kept = (f"{run_dir} keeps epochs 1-{complete_epochs} complete (last.pt, history.csv)" if complete_epochs
+            else "no epoch is complete yet")
+    raise WriteFailedError(f"{path}: could not be written ({why}); {_free_space(path)} free on its file "
+                           f"system, {_megabytes(size())} needed; {kept}", complete_epochs)
+
+
+def _free_space(path: Path) -> str:
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # a vanished folder: the file system above it
+        folder = folder.parent
+    try:
+        return _megabytes(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run folder: history.csv, config.json's records, resuming, each epoch's files
+# ----------------------------------------------------------------------------------------------------
+# train_acc: the notebooks' "Approx Train Acc" (Figure 1's training curve): lambda-weighted agreement with both
+# labels of each mixed image; train_acc_dominant: agreement with the label holding the larger share.
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "train_acc_dominant", "val_loss", "val_acc",
+                  "best_val_acc", "epoch_seconds")
+
+
+def write_history(rows: list[dict[str, Any]], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "lib": __version__}
+
+
+def started_at(run_dir: Path, resumed: bool) -> str:
+    """When the run's first epoch started (UTC, ISO 8601): kept across --resume; "newest run" is by this time."""
+    if resumed:
+        try:
+            stored = json.loads((run_dir / "config.json").read_text()).get("started_at")
+            if stored:
+                return stored
+        except (OSError, ValueError):
+            pass
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def check_resume_config(cfg: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
+    """A resumed run keeps its settings and its architecture: one history never mixes two models or recipes."""
+    stored, now = ckpt["config"], cfg.to_dict()
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k not in MODEL_FIELDS and k in stored
+               and stored[k] != now[k]]  # the model's fields: compared as the architecture they build, below
+    changes = [f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in changed]
+    model_now = resolve_config(cfg.model, num_classes=ckpt["model_config"].get("num_classes", 10),
+                               **cfg.model_overrides())  # the architecture the same settings now build
+    changes += [f"model {k} {v!r} -> {model_now[k]!r}" for k, v in ckpt["model_config"].items()
+                if k in model_now and model_now[k] != v]
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: written by an earlier version of lib.train (checkpoint format {ckpt['format']}, "
+                        f"before the original notebooks' models and recipe); it cannot be continued"
+                        + (f" (this version would change {', '.join(changes)})" if changes else "")
+                        + ": start a new --out")
+    if changes:
+        raise UserError(f"{path}: --resume must keep the run's settings, but these differ: {', '.join(changes)} "
+                        f"(start a new --out to change them)")
+
+
+def open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: a new run). Call with the run folder held (catch_up: it writes)."""
+    last_path = run_dir / "last.pt"
+    if not last_path.exists():
+        if cfg.resume:
+            print(f"{last_path}: nothing to resume yet; starting a new run", file=sys.stderr)
+        return None
+    if not cfg.resume:
+        raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
+                        f"or choose another --out")
+    ckpt = read_checkpoint(last_path, resume=True)
+    check_resume_config(cfg, ckpt, last_path)
+    if catch_up:
+        _catch_up(run_dir, ckpt)
+    return ckpt
+
+
+def _catch_up(run_dir: Path, ckpt: dict[str, Any]) -> None:
+    """A run killed (kill -9, power loss) between last.pt and the files after it left those an epoch behind:
+    last.pt then holds the newest epoch. Bring best.pt and history.csv level with it before going on."""
+    best_path = run_dir / "best.pt"
+    if ckpt.get("best_epoch") == ckpt["epoch"]:  # last.pt's own epoch is the best one
+        try:
+            best_epoch = read_checkpoint(best_path)["epoch"]
+        except UserError:  # absent or damaged: last.pt has what belongs there
+            best_epoch = None
+        if best_epoch != ckpt["epoch"]:
+            with atomic_path(best_path) as tmp:
+                shutil.copyfile(run_dir / "last.pt", tmp)
+    write_history(ckpt["history"], run_dir / "history.csv")
+
+
+def save_epoch(state: dict[str, Any], run_dir: Path, is_best: bool) -> None:
+    """last.pt, best.pt (``is_best``) and history.csv of epoch ``state["epoch"]``, in that order (see the loop).
+    One that cannot be written ends the run with WriteFailedError: until last.pt is written the folder holds the
+    epoch before, complete; after it, --resume levels best.pt and history.csv with it (catch_up)."""
+    epoch, history = state["epoch"], state["history"]
+
+    def checkpoint_bytes() -> int:
+        buffer = io.BytesIO()
+        try:
+            torch.save(state, buffer)
+        except Exception:  # noqa: BLE001 - only a size for the message: the tensors' bytes, nearly all of it
+            return sum(t.numel() * t.element_size() for d in (state["model"], *state["optimizer"]["state"].values())
+                       for t in d.values() if isinstance(t, torch.Tensor))
+        return buffer.tell()
+
+    def history_bytes() -> int:
+        tmp = io.StringIO()
+        w = csv.DictWriter(tmp, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(history)
+        return len(tmp.getvalue().encode())
+
+    write_or_explain(run_dir / "last.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
+                     epoch - 1)
+    if is_best:
+        write_or_explain(run_dir / "best.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
+                         epoch)
+    write_or_explain(run_dir / "history.csv", lambda p: write_history(history, p), history_bytes, run_dir, epoch)

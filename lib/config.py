@@ -36,104 +36,102 @@ AUGMENT_PRESETS = {
 }
 
 
-# RunConfig fields that are lib.models options (None: the architecture's default); the resolved architecture is
-# config.json's model_config
-MODEL_FIELDS = ("dropout", "stochastic_depth_rate", "base_channels", "widths", "blocks_per_group", "kernel_size",
-                "se_reduction", "se_position", "stochastic_depth_mode", "init", "preact")
+# Every RunConfig field declares its kind in its own definition; what depends on a kind is derived from it below.
+KINDS = {
+    "run": "what to train",
+    "architecture": "architecture (lib.models options; unset: the model's own default)",
+    "data": "which data",
+    "recipe": "the recipe (0.1 / 0.9 / 5e-4 / 128 / 300: the report's settings)",
+    "augmentation": "augmentation",
+    "length": "how much of the schedule to run (the learning rates stay those of all --epochs)",
+    "numerics": "the same recipe by another route (fixed for a run; not counted against a reproduction)",
+    "execution": "where and how to run (may change when resuming)",
+}
 
 _TYPE_CHECKS = {"int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
                 "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
                 "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
 
 
-def _opt(help: str, **kw):
-    return field(metadata={"help": help}, **kw)
+def _kind(kind: str):
+    def opt(help: str, default: Any = None):
+        return field(default=default, metadata={"help": help, "kind": kind})
+    return opt
+
+
+_run, _arch, _data, _recipe, _aug, _length, _numerics, _exec = map(_kind, KINDS)
 
 
 @dataclass
 class RunConfig:
-    # --- what to train -------------------------------------------------------------------------
-    model: str = _opt("architecture name (lib.models.list_models())", default="robust_resnet64")
-    profile: str = _opt("paper (the report's recipe) or smoke (tiny, CPU-friendly)", default="paper")
-    dropout: Optional[float] = _opt("dropout inside residual blocks (model default if unset)", default=None)
-    stochastic_depth_rate: Optional[float] = _opt("max residual-branch drop rate (model default if unset)",
-                                                  default=None)
-    base_channels: Optional[int] = _opt("width of the first group; widths double per group", default=None)
-    widths: Optional[list[int]] = _opt("explicit widths per group, e.g. 45,90,170,340", default=None)
-    blocks_per_group: Optional[int] = _opt("residual blocks per group (depth)", default=None)
-    kernel_size: Optional[int] = _opt("conv kernel size ('filter size'); shortcuts stay 1x1", default=None)
-    se_reduction: Optional[int] = _opt("Squeeze-and-Excitation reduction ratio (0: no SE blocks)", default=None)
-    se_position: Optional[str] = _opt("SE on the block's pre-activated input (the notebooks') or on the branch "
-                                      "output", default=None)
-    stochastic_depth_mode: Optional[str] = _opt("batch (one coin per forward pass, no rescaling: the notebooks') "
-                                                "or row (per sample, rescaled by 1/(1-p))", default=None)
-    init: Optional[str] = _opt("kaiming (the notebooks' initialisation) or default (PyTorch's)", default=None)
-    preact: Optional[bool] = _opt("pre-activation blocks (every model's default); --no-preact: post-activation",
-                                  default=None)
+    model: str = _run("architecture name (lib.models.list_models())", "robust_resnet64")
+    profile: str = _run("paper (the report's recipe) or smoke (tiny, CPU-friendly)", "paper")
 
-    # --- data ----------------------------------------------------------------------------------
-    data_dir: str = _opt("folder holding cifar-10-batches-py/ (or that folder itself)", default="data")
-    val_source: str = _opt("test (official test batch, as the report) or holdout", default="test")
-    holdout_fraction: float = _opt("fraction of the training batches held out (val_source=holdout)",
-                                   default=0.1)
-    train_size: Optional[int] = _opt("seeded class-balanced subset of the training split", default=None)
-    val_size: Optional[int] = _opt("seeded class-balanced subset of the validation split", default=None)
-    download: bool = _opt("download the official CIFAR-10 archive (MD5-checked) when absent", default=False)
+    dropout: Optional[float] = _arch("dropout inside residual blocks")
+    stochastic_depth_rate: Optional[float] = _arch("max residual-branch drop rate (the last block's)")
+    base_channels: Optional[int] = _arch("width of the first group; widths double per group")
+    widths: Optional[list[int]] = _arch("explicit widths per group, e.g. 45,90,170,340")
+    blocks_per_group: Optional[int] = _arch("residual blocks per group (depth)")
+    kernel_size: Optional[int] = _arch("conv kernel size ('filter size'); shortcuts stay 1x1")
+    se_reduction: Optional[int] = _arch("Squeeze-and-Excitation reduction ratio (0: no SE blocks)")
+    se_position: Optional[str] = _arch("SE on the block's pre-activated input (the notebooks') or on the "
+                                       "branch output")
+    stochastic_depth_mode: Optional[str] = _arch("batch (one coin per step, no rescaling: the notebooks') or "
+                                                 "row (per sample, rescaled by 1/(1-p))")
+    init: Optional[str] = _arch("kaiming (the notebooks' initialisation) or default (PyTorch's)")
+    preact: Optional[bool] = _arch("pre-activation blocks (every model's default); --no-preact: post-activation")
 
-    # --- the recipe (0.1 / 0.9 / 5e-4 / 128 / 300: the report's settings) -----------------------
-    epochs: int = _opt("epochs of the schedule (the cosine annealing runs over all of them)", default=300)
-    batch_size: int = _opt("batch size", default=128)
-    lr: float = _opt("initial (peak) learning rate", default=0.1)
-    momentum: float = _opt("SGD Nesterov momentum", default=0.9)
-    weight_decay: float = _opt("SGD weight decay", default=5e-4)
-    warmup_epochs: float = _opt("linear warm-up epochs before cosine annealing (the notebooks: none; the report's "
-                                "text: 'a few'); at most a tenth of a run", default=0.0)
-    lr_step: str = _opt("epoch (lr constant within an epoch, as CosineAnnealingLR stepped per epoch: the "
-                        "notebooks') or iteration (a smooth curve)", default="epoch")
-    label_smoothing: float = _opt("cross-entropy label smoothing", default=0.1)
+    val_source: str = _data("test (official test batch, as the report) or holdout", "test")
+    holdout_fraction: float = _data("fraction of the training batches held out (val_source=holdout)", 0.1)
+    train_size: Optional[int] = _data("seeded class-balanced subset of the training split")
+    val_size: Optional[int] = _data("seeded class-balanced subset of the validation split")
 
-    # --- augmentation --------------------------------------------------------------------------
-    augment: str = _opt("preset (paper, full, standard, none) or a comma list of " + ",".join(AUGMENT_OPS),
-                        default="paper")
-    mix_prob: float = _opt("probability a batch gets MixUp or CutMix, 50/50 (the notebooks: every batch)",
-                           default=1.0)
-    mixup_alpha: float = _opt("MixUp Beta(alpha, alpha)", default=1.0)
-    cutmix_alpha: float = _opt("CutMix Beta(alpha, alpha)", default=1.0)
-    color_jitter: float = _opt("brightness/contrast/saturation jitter strength, 0-2 (hue: a quarter)",
-                               default=0.2)
-    rotation_degrees: float = _opt("RandomRotation range +-degrees", default=10.0)
-    randaugment_ops: int = _opt("RandAugment operations per image", default=2)
-    randaugment_magnitude: int = _opt("RandAugment magnitude (0-30)", default=9)
-    erasing_prob: float = _opt("RandomErasing probability", default=0.25)
-    erasing_max_area: float = _opt("RandomErasing largest area fraction (scale (0.02, this))", default=0.33)
-    erasing_value: str = _opt("RandomErasing fill after normalisation: zero, or random (per-pixel N(0, 1))",
-                              default="zero")
+    epochs: int = _recipe("epochs of the schedule (the cosine annealing runs over all of them)", 300)
+    batch_size: int = _recipe("images per step (under torchrun the global batch, shared by the processes)", 128)
+    lr: float = _recipe("initial (peak) learning rate", 0.1)
+    momentum: float = _recipe("SGD Nesterov momentum", 0.9)
+    weight_decay: float = _recipe("SGD weight decay", 5e-4)
+    warmup_epochs: float = _recipe("linear warm-up epochs before cosine annealing (the notebooks: none; the "
+                                   "report's text: 'a few'); at most a tenth of a run", 0.0)
+    lr_step: str = _recipe("epoch (lr constant within an epoch, as CosineAnnealingLR stepped per epoch: the "
+                           "notebooks') or iteration (a smooth curve)", "epoch")
+    label_smoothing: float = _recipe("cross-entropy label smoothing", 0.1)
 
-    # --- how much of the schedule to run (the learning rates stay those of all `epochs`) --------------
-    stop_after_epochs: Optional[int] = _opt("train epochs 1..N of the schedule, then stop (resumable)",
-                                            default=None)
-    time_limit: Optional[float] = _opt("minutes: stop after the last epoch predicted to fit (resumable)",
-                                       default=None)
+    augment: str = _aug("preset (paper, full, standard, none) or a comma list of " + ",".join(AUGMENT_OPS),
+                        "paper")
+    mix_prob: float = _aug("probability a batch gets MixUp or CutMix, 50/50 (the notebooks: every batch)", 1.0)
+    mixup_alpha: float = _aug("MixUp Beta(alpha, alpha)", 1.0)
+    cutmix_alpha: float = _aug("CutMix Beta(alpha, alpha)", 1.0)
+    color_jitter: float = _aug("brightness/contrast/saturation jitter strength, 0-2 (hue: a quarter)", 0.2)
+    rotation_degrees: float = _aug("RandomRotation range +-degrees", 10.0)
+    randaugment_ops: int = _aug("RandAugment operations per image", 2)
+    randaugment_magnitude: int = _aug("RandAugment magnitude (0-30)", 9)
+    erasing_prob: float = _aug("RandomErasing probability", 0.25)
+    erasing_max_area: float = _aug("RandomErasing largest area fraction (scale (0.02, this))", 0.33)
+    erasing_value: str = _aug("RandomErasing fill after normalisation: zero, or random (per-pixel N(0, 1))", "zero")
 
-    # --- how to run ----------------------------------------------------------------------------
-    out: str = _opt("run folder (history.csv, config.json, last.pt, best.pt)", default="runs/run")
-    seed: int = _opt("random seed", default=0)
-    device: str = _opt("auto, cpu or cuda", default="auto")
-    loader: str = _opt("torchvision (per-sample DataLoader), device (batched, data on device), auto",
-                       default="auto")
-    num_workers: Optional[int] = _opt("DataLoader workers for the torchvision loader (auto if unset)",
-                                      default=None)
-    compile: bool = _opt("torch.compile the model's forward and backward (off by default)", default=False)
-    cuda_graphs: bool = _opt("with --compile on CUDA: replay each step as CUDA graphs (inductor's "
-                             "reduce-overhead mode)", default=False)
-    sync_bn: bool = _opt("SyncBatchNorm: batch statistics over all torchrun processes (several processes only)",
-                         default=False)
+    stop_after_epochs: Optional[int] = _length("train epochs 1..N of the schedule, then stop (resumable)")
+    time_limit: Optional[float] = _length("minutes: stop after the last epoch predicted to fit (resumable)")
+
+    # the original runs were unseeded: no seed is "the paper's", another seed is one more draw of the experiment
+    seed: int = _numerics("random seed", 0)
+    loader: str = _numerics("torchvision (per-sample DataLoader), device (batched, data on device), auto", "auto")
+    sync_bn: bool = _numerics("batch statistics over all torchrun processes (several processes only)", False)
     # auto: on CUDA only (lib.augment.resolve_channels_last says why not on the CPU)
-    channels_last: Optional[bool] = _opt("channels_last memory format (auto: on CUDA, off on the CPU)", default=None)
-    amp: bool = _opt("mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 + GradScaler)",
-                     default=True)
-    progress: bool = _opt("tqdm progress bar per epoch on a terminal (elsewhere one line per epoch)", default=True)
-    resume: bool = _opt("continue from RUN_DIR/last.pt", default=False)
+    channels_last: Optional[bool] = _numerics("channels_last memory format (auto: on CUDA, off on the CPU)")
+    amp: bool = _numerics("mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 + GradScaler)",
+                          True)
+
+    data_dir: str = _exec("folder holding cifar-10-batches-py/ (or that folder itself)", "data")
+    download: bool = _exec("download the official CIFAR-10 archive (MD5-checked) when absent", False)
+    out: str = _exec("run folder (history.csv, config.json, last.pt, best.pt)", "runs/run")
+    device: str = _exec("auto, cpu or cuda", "auto")
+    num_workers: Optional[int] = _exec("DataLoader workers for the torchvision loader (auto if unset)")
+    compile: bool = _exec("torch.compile the model's forward and backward (off by default)", False)
+    cuda_graphs: bool = _exec("with --compile on CUDA: replay each step as CUDA graphs (inductor's "
+                              "reduce-overhead mode)", False)
+    progress: bool = _exec("tqdm progress bar per epoch on a terminal (elsewhere one line per epoch)", True)
+    resume: bool = _exec("continue from RUN_DIR/last.pt", False)
 
     # ----------------------------------------------------------------------------------------------
     def augment_ops(self) -> tuple[str, ...]:
@@ -225,6 +223,24 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def fields_of(*kinds: str) -> tuple[str, ...]:
+    """The RunConfig fields of these kinds, in definition order."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected {', '.join(KINDS)}")
+    return tuple(f.name for f in fields(RunConfig) if f.metadata["kind"] in kinds)
+
+
+# The lib.models options a run sets (None: the architecture's default); the resolved one is config.json's model_config.
+MODEL_FIELDS = fields_of("architecture")
+# What --resume may change: how much of the schedule runs, and where and how.
+RESUME_MAY_CHANGE = frozenset(fields_of("length", "execution"))
+# What does not count against a reproduction (lib.runs): the above and the same recipe by another route.
+NOT_COUNTED = frozenset(fields_of("length", "numerics", "execution"))
+# What does not name a run folder (lib.notebook.default_run_name): the model and profile name it first.
+NOT_IN_RUN_NAME = frozenset(fields_of("run", "length", "execution"))
+
+
 # A profile is a set of defaults laid over the dataclass defaults, a model's recipe over the profile, explicit
 # options over all three.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -277,18 +293,19 @@ def load_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def add_config_arguments(parser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--kebab-case`` option per RunConfig field; defaults are None so profiles can fill them."""
+    """One ``--kebab-case`` option per RunConfig field, in one --help group per kind; defaults are None so
+    profiles can fill them."""
+    groups = {kind: parser.add_argument_group(title) for kind, title in KINDS.items()}
     for f in fields(RunConfig):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
+        group, flag, help_ = groups[f.metadata["kind"]], "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.type in ("bool", bool) or f.type == "Optional[bool]":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.name == "widths":
-            parser.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="W1,W2,...", help=help_)
+            group.add_argument(flag, dest=f.name, type=_int_list, default=None, metavar="W1,W2,...", help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, type=_arg_type(f.type), default=None, help=help_)
+            group.add_argument(flag, dest=f.name, type=_arg_type(f.type), default=None, help=help_)
 
 
 def _arg_type(t):

@@ -73,7 +73,8 @@ class Splits:
 # What numpy arrays (and numpy scalars) need, under numpy 1 (numpy.core) and numpy 2 (numpy._core) names;
 # _frombuffer is how protocol-5 pickles spell an array. Plus the builtin containers pickle names by module.
 _SAFE_GLOBALS = {
-    *((mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")),
+    *((mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     *((mod, name) for mod in ("builtins", "__builtin__")  # __builtin__: the Python 2 name

@@ -3,8 +3,8 @@ empty.
 
 Drive sends a file that is replaced (a rename over it, as lib.train's atomic writes do every epoch) or deleted to
 its trash, which counts toward the account's storage for 30 days; a file written again in place stays one file,
-its earlier contents kept as versions (README, "Google Drive: why runs are copied in place", cites Google's
-pages). So nothing here renames over or deletes a file on Drive:
+its earlier contents kept as versions (report/colab.md, "Google Drive: why runs are copied in place", cites
+Google's pages). So nothing here renames over or deletes a file on Drive:
 
 - ``Drive.keep``: ``runs/`` is linked into the Drive folder (04-07 read run folders there); any other kept path
   (figures/, report/, submission.csv, the Kaggle pickle) is copied into it, in place, after every cell
@@ -99,7 +99,8 @@ class Drive:
             return
         for rel, copied in self.copied.items():
             for path in _files(root / rel):
-                if copied.get(str(path)) != _signature(path) and copy_in_place(path, self.path / path.relative_to(root)):
+                if (copied.get(str(path)) != _signature(path)
+                        and copy_in_place(path, self.path / path.relative_to(root))):
                     copied[str(path)] = _signature(path)
 
 

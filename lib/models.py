@@ -1,7 +1,9 @@
 """The report's CIFAR-10 ResNets, built by name: ``build_model("robust_resnet64", dropout=0.2)``.
 
 The defaults are the networks of the original team's notebooks (AlperMumcular/DL-Project1, the code that made the
-report's numbers). Two residual blocks, one network, and a registry at the bottom with one line per Table 1 row.
+report's numbers). Read top-down: the pre-activation block and the network every Table 1 model is, the registry
+(one line per Table 1 row), the block's parts (SE, stochastic depth), the options and their checks, and last the
+post-activation block of the earlier variants.
 Every model accepts the same overrides and carries ``model.config``, the fully resolved architecture:
 ``build_model(**model.config)`` rebuilds it. Trainable parameters (10 classes), as the notebooks print them:
 
@@ -23,78 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth
-
-
-def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False)  # k // 2 keeps the size for odd k
-
-
-class SqueezeExcite(nn.Module):
-    """The notebooks' SE block: global average pool, Linear(c, c // r) + ReLU, Linear(c // r, c) + sigmoid, scale.
-    torchvision's SqueezeExcitation computes the same with 1x1 convolutions; Linear layers keep the notebooks'
-    Linear initialisation, N(0, 0.01)."""
-
-    def __init__(self, channels: int, reduction: int):
-        super().__init__()
-        squeezed = max(channels // reduction, 1)  # c // r as the notebooks; the floor only for narrow test models
-        self.fc1, self.fc2 = nn.Linear(channels, squeezed), nn.Linear(squeezed, channels)
-
-    def forward(self, x):
-        scale = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
-        return x * scale[:, :, None, None]
-
-
-class DropBranch(nn.Module):
-    """The notebooks' stochastic depth: in training the residual branch is dropped for the whole batch with
-    probability p (one coin per forward pass), kept branches are not rescaled; identity at evaluation.
-    The coin is a 0/1 tensor on the branch's device: no host sync and no Python branch on data (torch.compile)."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, branch):
-        if not self.training or self.p == 0:
-            return branch
-        keep = torch.rand((), device=branch.device) >= self.p
-        return branch * keep.to(branch.dtype)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, mode=batch, no rescaling"
-
-
-def _drop_path(p: float, mode: str) -> nn.Module:
-    # "row": per sample, kept rows scaled by 1/(1-p) (torchvision, Huang et al.'s expectation-preserving form)
-    return DropBranch(p) if mode == "batch" else StochasticDepth(p, mode="row")
-
-
-def _se(channels: int, reduction: int | None, position: str) -> nn.Module:
-    if not reduction:
-        return nn.Identity()
-    if position == "input":
-        return SqueezeExcite(channels, reduction)
-    return SqueezeExcitation(channels, max(channels // reduction, 8))  # floor of 8 units, as MobileNetV3
-
-
-class BasicBlock(nn.Module):
-    """Post-activation block of ResNet-18 (as kuangliu/pytorch-cifar): conv-BN-ReLU-conv-BN, add, ReLU."""
-
-    def __init__(self, cin, cout, stride=1, kernel_size=3, dropout=0.0, drop_path=0.0, se_reduction=None,
-                 se_position="output", stochastic_depth_mode="row"):
-        super().__init__()
-        self.conv1, self.bn1 = _conv(cin, cout, kernel_size, stride), nn.BatchNorm2d(cout)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2, self.bn2 = _conv(cout, cout, kernel_size), nn.BatchNorm2d(cout)
-        self.se = _se(cout, se_reduction, "output")  # resolve_config allows only "output" here
-        self.drop_path = _drop_path(drop_path, stochastic_depth_mode)
-        self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:  # 1x1 projection + BN (ResNet's option B, as kuangliu)
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.dropout(F.relu(self.bn1(self.conv1(x))))
-        out = self.drop_path(self.se(self.bn2(self.conv2(out))))
-        return F.relu(out + self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -119,6 +49,14 @@ class PreActBlock(nn.Module):
         self.shortcut = None
         if stride != 1 or cin != cout:  # 1x1 projection without BN, on the pre-activated input; not in the 62 layers
             self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def branch_parameters(self) -> list[nn.Parameter]:
+        """What only the residual branch uses: with a projection shortcut, all but bn1, the input SE and the
+        projection, which the shortcut takes too; with the identity, all (x itself is the shortcut)."""
+        if self.shortcut is None:
+            return list(self.parameters())
+        shared = [*self.bn1.parameters(), *self.shortcut.parameters(), *(self.se.parameters() if self.se_in else [])]
+        return _without(self.parameters(), shared)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -176,7 +114,57 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-# ------------------------------------------------------------------------------------------------------------
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False)  # k // 2 keeps the size for odd k
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The registry: one line per Table 1 row, as the original notebooks built them; every model takes the same
+# overrides (timm's create_model idea)
+# ----------------------------------------------------------------------------------------------------------------------
+DEFAULTS = dict(kernel_size=3, dropout=0.0, stochastic_depth_rate=0.0, se_reduction=0, se_position="input",
+                stochastic_depth_mode="batch", init="kaiming")  # 3x3 convs and Kaiming init: the notebooks'
+# LightResNet18 (base 32) and LightResNet18_v2 are one network: SE r=16 on each block's input, stochastic depth 0.1
+LIGHT = dict(preact=True, blocks_per_group=2, stochastic_depth_rate=0.1, se_reduction=16)
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "light_resnet18": dict(LIGHT, widths=[32, 64, 128, 256]),
+    "light_resnet18_v2": dict(LIGHT, widths=[40, 80, 160, 320]),
+    "light_resnet18_v2_b45": dict(LIGHT, widths=[45, 90, 170, 340]),  # sic: 170 is not 2 x 90 (Table 1, notebook)
+    "robust_resnet64": dict(preact=True, widths=[32, 64, 128], blocks_per_group=10, dropout=0.1),
+}
+
+# Table 1 of the report, as printed (the reproduction's own numbers come from runs, never from here).
+REPORTED: dict[str, dict[str, Any]] = {
+    "light_resnet18": {"label": "LightResNet18", "params_m": 2.81, "val_acc": 93.12},
+    "light_resnet18_v2": {"label": "LightResNet18_v2 (base=40)", "params_m": 4.39, "val_acc": 94.35},
+    "light_resnet18_v2_b45": {"label": "LightResNet18_v2 (base=45)", "params_m": 5.00, "val_acc": 94.88},
+    "robust_resnet64": {"label": "RobustResNet64", "params_m": 3.80, "val_acc": 96.93},
+}
+
+
+def build_model(name: str, num_classes: int = 10, **overrides: Any) -> nn.Module:
+    """The one door to every architecture. Bad overrides raise ValueError naming the option and the reason."""
+    config = resolve_config(name, num_classes, **overrides)
+    model = ResNet(**config)
+    model.config = config
+    return model
+
+
+def list_models() -> list[str]:
+    return list(ARCHITECTURES)
+
+
+def model_summary(name_or_model: str | nn.Module, **overrides: Any) -> dict[str, Any]:
+    """One Table 1 row's architecture columns (N, B, C, #Params) plus the report's own figures."""
+    model = build_model(name_or_model, **overrides) if isinstance(name_or_model, str) else name_or_model
+    c, reported = model.config, REPORTED.get(model.config["name"], {})
+    params = count_parameters(model)
+    return {"name": c["name"], "label": reported.get("label", c["name"]), "parameters": params,
+            "params_m": round(params / 1e6, 2), "N": c["num_groups"], "B": c["blocks_per_group"],
+            "C": ", ".join(map(str, c["widths"])), "weight_layers": count_weight_layers(model)["total"],
+            "reported_params_m": reported.get("params_m"), "reported_val_acc": reported.get("val_acc")}
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -193,8 +181,168 @@ def count_weight_layers(model: nn.Module) -> dict[str, int]:
     return {**counts, "total": counts["conv"] + counts["fc"]}
 
 
-def list_models() -> list[str]:
-    return list(ARCHITECTURES)
+# ----------------------------------------------------------------------------------------------------------------------
+# The block's parts: Squeeze-and-Excitation, stochastic depth
+# ----------------------------------------------------------------------------------------------------------------------
+class SqueezeExcite(nn.Module):
+    """The notebooks' SE block: global average pool, Linear(c, c // r) + ReLU, Linear(c // r, c) + sigmoid, scale.
+    torchvision's SqueezeExcitation computes the same with 1x1 convolutions; Linear layers keep the notebooks'
+    Linear initialisation, N(0, 0.01)."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        squeezed = max(channels // reduction, 1)  # c // r as the notebooks; the floor only for narrow test models
+        self.fc1, self.fc2 = nn.Linear(channels, squeezed), nn.Linear(squeezed, channels)
+
+    def forward(self, x):
+        scale = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
+        return x * scale[:, :, None, None]
+
+
+def _se(channels: int, reduction: int | None, position: str) -> nn.Module:
+    if not reduction:
+        return nn.Identity()
+    if position == "input":
+        return SqueezeExcite(channels, reduction)
+    return SqueezeExcitation(channels, max(channels // reduction, 8))  # floor of 8 units, as MobileNetV3
+
+
+class DropBranch(nn.Module):
+    """The notebooks' stochastic depth: in training the residual branch is dropped for the whole batch with
+    probability p (one coin per forward pass), kept branches are not rescaled; identity at evaluation.
+
+    The coin is a 0/1 tensor on the branch's device: no host sync and no Python branch on data (torch.compile).
+    By itself the block draws it (``torch.rand``, the global generator); in training, ``StochasticDepthCoins``
+    draws every block's coin on the host per step and fills ``keep`` before the step (``host_coins``)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.host_coins = False
+        self.register_buffer("keep", torch.ones(()), persistent=False)  # 1: kept, 0: dropped (host_coins)
+
+    def forward(self, branch):
+        if not self.training or self.p == 0:
+            return branch
+        keep = self.keep if self.host_coins else torch.rand((), device=branch.device) >= self.p
+        return branch * keep.to(branch.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode=batch, no rescaling"
+
+
+def _drop_path(p: float, mode: str) -> nn.Module:
+    # "row": per sample, kept rows scaled by 1/(1-p) (torchvision, Huang et al.'s expectation-preserving form)
+    return DropBranch(p) if mode == "batch" else StochasticDepth(p, mode="row")
+
+
+class StochasticDepthCoins:
+    """Every DropBranch's coin for one training step, drawn on the host and the same on every process.
+
+    The coins of global step t come from a ``torch.Generator`` seeded with (seed, t): every torchrun rank drops
+    the same blocks (one network trained, as in one process), a resumed run draws what a straight one did, and
+    the draw needs nothing from the device. ``draw(t)`` fills each block's ``keep`` (a fill kernel, no copy from
+    the host and no sync); after backward, ``drop_gradients()`` sets the gradients of a dropped branch's own
+    parameters to None, as in the notebooks, where a dropped block returns its shortcut alone: SGD then applies
+    neither momentum nor weight decay to them that step. (Their gradients are exact zeros here, since the branch
+    is still computed and multiplied by 0; its BatchNorm statistics update, as in the notebooks.)
+    """
+
+    def __init__(self, model: nn.Module, seed: int):
+        self.seed = seed
+        self.blocks = [(m.drop_path, m.branch_parameters()) for m in model.modules()
+                       if isinstance(getattr(m, "drop_path", None), DropBranch) and m.drop_path.p > 0]
+        self.p = torch.tensor([drop.p for drop, _ in self.blocks], dtype=torch.float64)
+        self.dropped: list[nn.Parameter] = []
+        for drop, _ in self.blocks:
+            drop.host_coins = True
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def keep(self, step: int) -> list[bool]:
+        """Whether each block keeps its branch at global step ``step`` (from 0)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_033 + step)
+        return (torch.rand(len(self.blocks), generator=g, dtype=torch.float64) >= self.p).tolist()
+
+    def draw(self, step: int) -> None:
+        self.dropped = []
+        for (drop, params), kept in zip(self.blocks, self.keep(step)):
+            drop.keep.fill_(1.0 if kept else 0.0)
+            if not kept:
+                self.dropped += params
+
+    def drop_gradients(self) -> None:
+        for p in self.dropped:
+            p.grad = None
+
+
+def stochastic_depth_coins(model: nn.Module, seed: int) -> StochasticDepthCoins | None:
+    """Host coins for ``model``'s whole-batch stochastic depth (None: it has none)."""
+    coins = StochasticDepthCoins(model, seed)
+    return coins if len(coins) else None
+
+
+def _without(params, shared) -> list[nn.Parameter]:
+    shared_ids = {id(p) for p in shared}
+    return [p for p in params if id(p) not in shared_ids]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The options and their checks
+# ----------------------------------------------------------------------------------------------------------------------
+OPTIONS = ("preact", "num_groups", "base_channels", "widths", "blocks_per_group", "kernel_size", "dropout",
+           "stochastic_depth_rate", "se_reduction", "se_position", "stochastic_depth_mode", "init")
+SE_POSITIONS = ("input", "output")
+STOCHASTIC_DEPTH_MODES = ("batch", "row")
+INITS = ("kaiming", "default")
+
+
+def resolve_config(name: str, num_classes: int = 10, **overrides: Any) -> dict[str, Any]:
+    """The architecture's defaults with ``overrides`` on top, checked; ``None`` means the default."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    unknown = sorted(set(overrides) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown model option(s) {', '.join(map(repr, unknown))} for {name}; "
+                         f"expected {', '.join(OPTIONS)}")
+    o = {k: v for k, v in overrides.items() if v is not None}
+    arch = {**DEFAULTS, **ARCHITECTURES[name]}
+    c = {**arch, **o}
+    if not isinstance(c["preact"], bool):
+        _fail("preact", c["preact"], "must be true or false")
+    if not c["preact"] and "se_position" not in o:
+        c["se_position"] = "output"  # post-activation blocks take SE on their output only
+    for option, check in _CHECKS.items():
+        c[option] = check(option, c[option])
+    if "se_reduction" in o and c["se_reduction"] and not arch["se_reduction"]:
+        _fail("se_reduction", o["se_reduction"], f"{name} has no Squeeze-and-Excitation blocks")
+    if not c["preact"] and c["se_position"] == "input" and c["se_reduction"]:
+        _fail("se_position", "input", "post-activation blocks (preact=False) take SE on the output only")
+    widths = _widths(arch["widths"], o)
+    # se_reduction 0: no SE blocks (kept as 0, so model.config rebuilds without them)
+    return {"name": name, "num_classes": _int("num_classes", num_classes), "preact": c["preact"],
+            "num_groups": len(widths), "widths": widths, **{k: c[k] for k in _CHECKS}}
+
+
+def _widths(default: list[int], o: dict[str, Any]) -> list[int]:
+    """Explicit ``widths``, or ``base_channels`` doubling per group over ``num_groups``, or the default."""
+    if "base_channels" in o and "widths" in o:
+        _fail("base_channels", o["base_channels"], "give either base_channels or widths, not both")
+    num_groups = _int("num_groups", o.get("num_groups", len(default)))
+    if "widths" in o:
+        widths = o["widths"]
+        if not isinstance(widths, (list, tuple)) or not widths:
+            _fail("widths", widths, "must be a non-empty list of channel counts, one per group")
+        if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in widths):
+            _fail("widths", widths, "every width must be an integer >= 1")
+        if "num_groups" in o and num_groups != len(widths):
+            _fail("num_groups", num_groups, f"widths {list(widths)} give {len(widths)} groups")
+        return [int(w) for w in widths]
+    if "base_channels" in o or num_groups != len(default):
+        base = _int("base_channels", o.get("base_channels", default[0]))
+        return [base * 2 ** g for g in range(num_groups)]  # widths double per group
+    return list(default)
 
 
 def _fail(option: str, value: Any, why: str):
@@ -219,107 +367,47 @@ def _choice(option, value, choices):
     return value
 
 
-OPTIONS = ("preact", "num_groups", "base_channels", "widths", "blocks_per_group", "kernel_size", "dropout",
-           "stochastic_depth_rate", "se_reduction", "se_position", "stochastic_depth_mode", "init")
-SE_POSITIONS = ("input", "output")
-STOCHASTIC_DEPTH_MODES = ("batch", "row")
-INITS = ("kaiming", "default")
+def _odd(option, value):
+    if _int(option, value) % 2 == 0:
+        _fail(option, value, "must be odd (padding k // 2 keeps the 32x32 size only for odd k)")
+    return int(value)
 
 
-def resolve_config(name: str, num_classes: int = 10, **overrides: Any) -> dict[str, Any]:
-    """The architecture's defaults with ``overrides`` on top, checked; ``None`` means the default."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(ARCHITECTURES)}")
-    unknown = sorted(set(overrides) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown model option(s) {', '.join(map(repr, unknown))} for {name}; "
-                         f"expected {', '.join(OPTIONS)}")
-    o = {k: v for k, v in overrides.items() if v is not None}
-    arch = {**DEFAULTS, **ARCHITECTURES[name]}
-    preact = o.get("preact", arch["preact"])
-    if not isinstance(preact, bool):
-        _fail("preact", preact, "must be true or false")
-    if "base_channels" in o and "widths" in o:
-        _fail("base_channels", o["base_channels"], "give either base_channels or widths, not both")
-    num_groups = _int("num_groups", o.get("num_groups", len(arch["widths"])))
-    if "widths" in o:
-        if not isinstance(o["widths"], (list, tuple)) or not o["widths"]:
-            _fail("widths", o["widths"], "must be a non-empty list of channel counts, one per group")
-        if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in o["widths"]):
-            _fail("widths", o["widths"], "every width must be an integer >= 1")
-        widths = [int(w) for w in o["widths"]]
-        if "num_groups" in o and num_groups != len(widths):
-            _fail("num_groups", num_groups, f"widths {widths} give {len(widths)} groups")
-    elif "base_channels" in o or num_groups != len(arch["widths"]):
-        base = _int("base_channels", o.get("base_channels", arch["widths"][0]))
-        widths = [base * 2 ** g for g in range(num_groups)]  # widths double per group
-    else:
-        widths = list(arch["widths"])
-    kernel_size = _int("kernel_size", o.get("kernel_size", arch["kernel_size"]))
-    if kernel_size % 2 == 0:
-        _fail("kernel_size", kernel_size, "must be odd (padding k // 2 keeps the 32x32 size only for odd k)")
-    se_reduction = arch["se_reduction"] or 0  # 0: no SE blocks (kept as 0, so model.config rebuilds without them)
-    if "se_reduction" in o:
-        if _int("se_reduction", o["se_reduction"], low=0) and not se_reduction:
-            _fail("se_reduction", o["se_reduction"], f"{name} has no Squeeze-and-Excitation blocks")
-        se_reduction = int(o["se_reduction"])
-    # post-activation blocks take SE on their output only
-    se_position = _choice("se_position", o.get("se_position", arch["se_position"] if preact else "output"),
-                          SE_POSITIONS)
-    if not preact and se_position == "input" and se_reduction:
-        _fail("se_position", se_position, "post-activation blocks (preact=False) take SE on the output only")
-    return {"name": name, "num_classes": _int("num_classes", num_classes), "preact": preact,
-            "num_groups": len(widths), "widths": widths,
-            "blocks_per_group": _int("blocks_per_group", o.get("blocks_per_group", arch["blocks_per_group"])),
-            "kernel_size": kernel_size, "dropout": _rate("dropout", o.get("dropout", arch["dropout"])),
-            "stochastic_depth_rate": _rate("stochastic_depth_rate",
-                                           o.get("stochastic_depth_rate", arch["stochastic_depth_rate"])),
-            "se_reduction": se_reduction, "se_position": se_position,
-            "stochastic_depth_mode": _choice("stochastic_depth_mode",
-                                             o.get("stochastic_depth_mode", arch["stochastic_depth_mode"]),
-                                             STOCHASTIC_DEPTH_MODES),
-            "init": _choice("init", o.get("init", arch["init"]), INITS)}
+# The options checked one by one (widths and preact, which others depend on, are checked in resolve_config)
+_CHECKS = {"blocks_per_group": _int, "kernel_size": _odd, "dropout": _rate, "stochastic_depth_rate": _rate,
+           "se_reduction": lambda option, value: _int(option, value, low=0),
+           "se_position": lambda option, value: _choice(option, value, SE_POSITIONS),
+           "stochastic_depth_mode": lambda option, value: _choice(option, value, STOCHASTIC_DEPTH_MODES),
+           "init": lambda option, value: _choice(option, value, INITS)}
 
 
-def build_model(name: str, num_classes: int = 10, **overrides: Any) -> nn.Module:
-    """The one door to every architecture. Bad overrides raise ValueError naming the option and the reason."""
-    config = resolve_config(name, num_classes, **overrides)
-    model = ResNet(**config)
-    model.config = config
-    return model
+# ----------------------------------------------------------------------------------------------------------------------
+# The earlier variants: post-activation blocks (kuangliu's ResNet-18), format-1 checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """Post-activation block of ResNet-18 (as kuangliu/pytorch-cifar): conv-BN-ReLU-conv-BN, add, ReLU."""
+
+    def __init__(self, cin, cout, stride=1, kernel_size=3, dropout=0.0, drop_path=0.0, se_reduction=None,
+                 se_position="output", stochastic_depth_mode="row"):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, cout, kernel_size, stride), nn.BatchNorm2d(cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2, self.bn2 = _conv(cout, cout, kernel_size), nn.BatchNorm2d(cout)
+        self.se = _se(cout, se_reduction, "output")  # resolve_config allows only "output" here
+        self.drop_path = _drop_path(drop_path, stochastic_depth_mode)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:  # 1x1 projection + BN (ResNet's option B, as kuangliu)
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def branch_parameters(self) -> list[nn.Parameter]:
+        """What only the residual branch uses: all but the shortcut's."""
+        return _without(self.parameters(), self.shortcut.parameters())
+
+    def forward(self, x):
+        out = self.dropout(F.relu(self.bn1(self.conv1(x))))
+        out = self.drop_path(self.se(self.bn2(self.conv2(out))))
+        return F.relu(out + self.shortcut(x))
 
 
-def model_summary(name_or_model: str | nn.Module, **overrides: Any) -> dict[str, Any]:
-    """One Table 1 row's architecture columns (N, B, C, #Params) plus the report's own figures."""
-    model = build_model(name_or_model, **overrides) if isinstance(name_or_model, str) else name_or_model
-    c, reported = model.config, REPORTED.get(model.config["name"], {})
-    params = count_parameters(model)
-    return {"name": c["name"], "label": reported.get("label", c["name"]), "parameters": params,
-            "params_m": round(params / 1e6, 2), "N": c["num_groups"], "B": c["blocks_per_group"],
-            "C": ", ".join(map(str, c["widths"])), "weight_layers": count_weight_layers(model)["total"],
-            "reported_params_m": reported.get("params_m"), "reported_val_acc": reported.get("val_acc")}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The registry: one line per Table 1 row, as the original notebooks built them. Every model takes the same
-# overrides (timm's create_model idea).
-DEFAULTS = dict(kernel_size=3, dropout=0.0, stochastic_depth_rate=0.0, se_reduction=0, se_position="input",
-                stochastic_depth_mode="batch", init="kaiming")  # 3x3 convs and Kaiming init: the notebooks'
-# LightResNet18 (base 32) and LightResNet18_v2 are one network: SE r=16 on each block's input, stochastic depth 0.1
-LIGHT = dict(preact=True, blocks_per_group=2, stochastic_depth_rate=0.1, se_reduction=16)
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "light_resnet18": dict(LIGHT, widths=[32, 64, 128, 256]),
-    "light_resnet18_v2": dict(LIGHT, widths=[40, 80, 160, 320]),
-    "light_resnet18_v2_b45": dict(LIGHT, widths=[45, 90, 170, 340]),  # sic: 170 is not 2 x 90 (Table 1, notebook)
-    "robust_resnet64": dict(preact=True, widths=[32, 64, 128], blocks_per_group=10, dropout=0.1),
-}
 # model_config of checkpoints written before these options existed (checkpoint format 1): the earlier models
 LEGACY_OPTIONS = {"se_position": "output", "stochastic_depth_mode": "row", "init": "default"}
-
-# Table 1 of the report, as printed (the reproduction's own numbers come from runs, never from here).
-REPORTED: dict[str, dict[str, Any]] = {
-    "light_resnet18": {"label": "LightResNet18", "params_m": 2.81, "val_acc": 93.12},
-    "light_resnet18_v2": {"label": "LightResNet18_v2 (base=40)", "params_m": 4.39, "val_acc": 94.35},
-    "light_resnet18_v2_b45": {"label": "LightResNet18_v2 (base=45)", "params_m": 5.00, "val_acc": 94.88},
-    "robust_resnet64": {"label": "RobustResNet64", "params_m": 3.80, "val_acc": 96.93},
-}

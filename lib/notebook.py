@@ -344,7 +344,7 @@ def default_run_name(profile: str, values: dict[str, Any]) -> str:
     """``<model>[_<profile>][_<setting><value>...]``: one folder per setting that changes what a run computes (not
     stop_after_epochs, time_limit, device, ... : lib.train.RESUME_MAY_CHANGE)."""
     from .config import RunConfig
-    from .train import RESUME_MAY_CHANGE
+    from .config import RESUME_MAY_CHANGE
 
     def part(value) -> str:
         text = "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
@@ -371,7 +371,7 @@ def resume_setting(resume, cfg) -> bool:
     if not last.is_file():
         return False
     from .checkpoint import read_checkpoint
-    from .train import _check_resume_config
+    from .checkpoint import check_resume_config as _check_resume_config
 
     try:
         _check_resume_config(dataclasses.replace(cfg, resume=True), read_checkpoint(last, resume=True), last)

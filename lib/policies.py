@@ -1,4 +1,5 @@
-"""RandAugment and AutoAugment as data: the op list, each op's magnitude range, AutoAugment's CIFAR-10 policy.
+"""The augmentation specification both pipelines read (``AugmentSpec``), and RandAugment and AutoAugment as data:
+the op list, each op's magnitude range, AutoAugment's CIFAR-10 policy.
 
 Small published facts, kept here rather than read from torchvision's private tables (``_AUGMENTATION_SPACE``,
 ``_policies``), so that every torchvision the requirements allow gives the batched path the same augmentations.
@@ -9,9 +10,14 @@ own tables where the installed version still has them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+PADDING = 4                    # RandomCrop(32, padding=4): the standard CIFAR crop
+ERASING_SCALE = (0.02, 0.33)   # v2.RandomErasing defaults (area fraction, aspect ratio); the upper end of the area
+ERASING_RATIO = (0.3, 3.3)     # is cfg.erasing_max_area
 
 # One op list for both policies, names as torchvision's; RandAugment draws from the first 14 (no Invert).
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
@@ -58,9 +64,41 @@ AUTOAUGMENT_CIFAR10 = (
 )
 
 
-def policy_name(ops: Sequence[str]) -> str | None:
-    """Which of the two policies ``cfg.augment_ops()`` asks for (alternatives; the report tried both)."""
-    return "randaugment" if "randaugment" in ops else "autoaugment" if "autoaugment" in ops else None
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What the augmentation does, read once from a RunConfig: the per-sample (``lib.augment.train_transform``)
+    and the batched (``lib.batch_augment.BatchAugment``) pipelines and MixUp/CutMix (``BatchMix``) read this, never
+    the config. An op that is off has strength 0 (or False / None)."""
+
+    crop: bool = False
+    flip: bool = False
+    jitter: float = 0.0                # ColorJitter brightness/contrast/saturation j, hue j/4
+    rotation: float = 0.0              # RandomRotation +-degrees
+    policy: str | None = None          # "randaugment", "autoaugment" (alternatives; the report tried both) or None
+    num_ops: int = 2                   # policy ops per image (AutoAugment: its sub-policies' 2)
+    magnitude: int = 9                 # RandAugment magnitude bin of 31
+    erasing_prob: float = 0.0
+    erasing_max_area: float = ERASING_SCALE[1]
+    erasing_random: bool = False       # fill with per-pixel N(0, 1) (value="random") instead of 0
+    mix_prob: float = 0.0              # a batch gets MixUp or CutMix (50/50) with this probability
+    mixup_alpha: float = 1.0
+    cutmix_alpha: float = 1.0
+
+    @classmethod
+    def of(cls, source: Any) -> "AugmentSpec":
+        """``source`` itself if it is a spec, else the spec of a RunConfig (its ``augment_ops()`` and settings)."""
+        if isinstance(source, cls):
+            return source
+        cfg, ops = source, source.augment_ops()
+        policy = "randaugment" if "randaugment" in ops else "autoaugment" if "autoaugment" in ops else None
+        num_ops = cfg.randaugment_ops if policy == "randaugment" else 2
+        return cls(crop="crop" in ops, flip="flip" in ops, jitter=cfg.color_jitter if "jitter" in ops else 0.0,
+                   rotation=cfg.rotation_degrees if "rotation" in ops else 0.0,
+                   policy=policy if num_ops > 0 else None,  # RandAugment(num_ops=0) does nothing
+                   num_ops=num_ops, magnitude=cfg.randaugment_magnitude,
+                   erasing_prob=cfg.erasing_prob if "erasing" in ops else 0.0,
+                   erasing_max_area=cfg.erasing_max_area, erasing_random=cfg.erasing_value == "random",
+                   mix_prob=cfg.mix_prob, mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha)
 
 
 def magnitude(name: str, bin: int | None, num_bins: int, height: int, width: int) -> float:

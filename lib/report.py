@@ -300,18 +300,18 @@ def make_report(run_dirs: list[str | os.PathLike], figures_dir: str | os.PathLik
             "paths": figures + tables + metrics}
 
 
-# ------------------------------------------------------------------- The hyper-parameter study (lib.sweep)
+# ------------------------------------------------------------------- The hyper-parameter study (lib.scale.sweep)
 SWEEP_TITLE = "Hyper-parameter study: best validation accuracy"
 
 
 def load_sweep(sweep_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
-    """A sweep written by ``lib.sweep``: its settings (sweep.json) and one row per trial of sweep.csv, with the
+    """A sweep written by ``lib.scale.sweep``: its settings (sweep.json) and one row per trial of sweep.csv, with the
     swept values read back from each trial's config.json and the accuracies from its history.csv."""
     sweep_dir = Path(sweep_dir)
     spec_path, csv_path = sweep_dir / "sweep.json", sweep_dir / "sweep.csv"
     for path in (spec_path, csv_path):
         if not path.is_file():
-            raise UserError(f"{path}: no such file (is {sweep_dir} a folder written by lib.sweep?)")
+            raise UserError(f"{path}: no such file (is {sweep_dir} a folder written by lib.scale.sweep?)")
     try:
         spec = json.loads(spec_path.read_text())
         listed = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "from run folders.")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="run folders written by lib.train")
     p.add_argument("--sweep", metavar="SWEEP_DIR",
-                   help="instead: the hyper-parameter study of a lib.sweep folder (figures/sweep_<name>.png)")
+                   help="instead: the hyper-parameter study of a lib.scale.sweep folder (figures/sweep_<name>.png)")
     p.add_argument("--figures", default="figures", help="folder for figure1.png / figure1.pdf")
     p.add_argument("--report", default="report", help="folder for table1.md / table1.tex")
     p.add_argument("--figure-run", metavar="RUN_DIR",

@@ -20,7 +20,7 @@ import pandas as pd
 from .common import UserError
 from .config import RunConfig, load_config, make_config
 from .models import LEGACY_OPTIONS, OPTIONS, REPORTED, resolve_config
-from .train import RESUME_MAY_CHANGE
+from .config import RESUME_MAY_CHANGE
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "val_acc", "best_val_acc")
 # Settings that change how a run executes, not what it computes. A run differing from the paper profile only in

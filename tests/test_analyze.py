@@ -1,4 +1,4 @@
-"""lib.analyze, lib.corruptions and lib.plots on smoke data: the files, the numbers they hold, the corruptions."""
+"""lib.analysis (analyze, corruptions, plots) on smoke data: the files, the numbers they hold, the corruptions."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.analyze import (apply_temperature, expected_calibration_error, fit_temperature, main, nll,
+from lib.analysis.analyze import (apply_temperature, expected_calibration_error, fit_temperature, main, nll,
                          write_analysis)
 from lib.common import run_cli
 from lib.config import make_config
-from lib.corruptions import CONSTANTS, CORRUPTIONS, corrupt
+from lib.analysis.corruptions import CONSTANTS, CORRUPTIONS, corrupt
 from lib.data import CIFAR10_CLASSES, META, SMOKE_MARKER, TEST_BATCH, load_cifar10
-from lib.plots import augmentation_grid
+from lib.analysis.plots import augmentation_grid
 from lib.predict import evaluate
 from lib.train import train
 
@@ -51,7 +51,7 @@ def images(smoke_root) -> np.ndarray:
 
 
 def ece_by_hand(probs, labels, n_bins=15) -> float:
-    """ECE as a plain loop over bins (lower, upper], independent of lib.analyze's vectorised version."""
+    """ECE as a plain loop over bins (lower, upper], independent of lib.analysis.analyze's vectorised version."""
     conf, pred = probs.max(1), probs.argmax(1)
     total = 0.0
     for b in range(n_bins):

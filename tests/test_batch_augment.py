@@ -441,7 +441,7 @@ def test_augmentation_ops_per_step_are_at_most_5_percent_of_the_model_step():
     robust_resnet64 (op count independent of width and batch: narrow and small here)."""
     from lib.augment import make_train_loader
     from lib.models import build_model
-    from lib.train import make_criterion, make_optimizer, make_scheduler, train_step
+    from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
 
     cfg = cfg_(augment="crop,flip,randaugment", mix_prob=1.0, batch_size=128, channels_last=True)
     model = build_model("robust_resnet64", base_channels=4).to(memory_format=torch.channels_last)

@@ -1,13 +1,12 @@
-"""What only a CUDA GPU can check: the device loader there, the AMP policy, channels_last, fused SGD, --compile,
-CUDA predictions against CPU ones, a short CUDA training run, and no host synchronisation inside the training step.
+"""What only a CUDA GPU can check: the device loader there, the AMP policy, channels_last, fused SGD, --compile
+(no recompiles, no CUDA graph skipped), CUDA predictions against CPU ones, a short CUDA training run, and no host
+synchronisation inside the training step or in --sync-bn's layer.
 
-Skipped without CUDA (the CPU suite collects them and moves on); `pytest -m cuda` or `make gpu-check` runs them;
-tests/gpu_window.sh runs `-m "cuda and not compile"` (compilation takes minutes).
+Skipped without CUDA (the CPU suite collects them and moves on); `pytest -m cuda` runs them; `make gpu-check` runs
+`-m "cuda and not compile"` first and the compile ones when time is left (compilation takes minutes).
 """
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,12 @@ from lib.config import make_config
 from lib.data import load_kaggle_test
 from lib.models import build_model
 from lib.predict import load_checkpoint, predict_proba
-from lib.train import make_criterion, make_optimizer, make_scheduler, train, train_step
+from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
+from lib.train import train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-REPO = Path(__file__).resolve().parent.parent
 CUDA = torch.device("cuda")
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
@@ -97,21 +96,30 @@ def test_channels_last_matches_contiguous(model_name):
     assert (out - ref).norm() / ref.norm() < 1e-4
 
 
-@pytest.mark.compile  # compilation takes a minute or more: not in the GPU window's test stage
-@pytest.mark.parametrize("flags", [["--compile"], ["--compile", "--cuda-graphs"]])
-def test_compile_flag_trains(smoke_root, tmp_path, flags):
+@pytest.mark.compile  # compilation takes a minute or more: make gpu-check runs these last
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_compile_flag_trains(smoke_root, tmp_path, monkeypatch, cuda_graphs):
+    """--compile (and --cuda-graphs) on CUDA with dropout and stochastic depth on: trains, compiles the step once
+    (a recompile after epoch 1, the switch to evaluation and back included, raises), and inductor skips no CUDA
+    graph (it falls back to plain kernels silently otherwise, e.g. for a CPU tensor or a mutated input)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     run = tmp_path / "compiled"
-    proc = subprocess.run([sys.executable, "-m", "lib.train", "--profile", "smoke", "--model", "light_resnet18",
-                           "--base-channels", "16", "--data-dir", str(smoke_root), "--out", str(run),
-                           "--device", "cuda", *flags, "--epochs", "2", "--train-size", "320",
-                           "--val-size", "200", "--no-progress"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def after_epoch(row):  # from here on a recompile raises
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+
+    train(tiny(smoke_root, run, compile=True, cuda_graphs=cuda_graphs, epochs=2, dropout=0.1,
+               stochastic_depth_rate=0.3), on_epoch=after_epoch)
     rows = read_history_rows(run)
     assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["inductor"]["cudagraph_skips"] == 0
     model, _ = load_checkpoint(run / "last.pt", CUDA)  # the weights load into a plain (uncompiled) model
     config = json.loads((run / "config.json").read_text())
-    assert config["compile"] is True and config["cuda_graphs"] == ("--cuda-graphs" in flags)
+    assert config["compile"] is True and config["cuda_graphs"] == cuda_graphs
 
 
 def test_fused_sgd_and_a_skipped_first_step():
@@ -211,3 +219,41 @@ def test_no_host_sync_in_the_training_step(precision):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(losses) == 8 and torch.isfinite(torch.stack(losses)).all()
+
+
+def test_sync_batch_norm_without_host_sync(tmp_path):
+    """--sync-bn's layer on CUDA (NCCL; one process here): its forward and backward never wait for the GPU
+    (nn.SyncBatchNorm reads a count through a boolean mask in each layer), and over one process it computes what
+    BatchNorm2d computes."""
+    import torch.distributed as dist
+
+    from lib.scale.distributed import SyncBatchNorm2d
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(32, 16, 8, 8, device=CUDA) * 3 + 1
+        g = torch.randn_like(x)
+        ref, bn = nn.BatchNorm2d(16).to(CUDA), SyncBatchNorm2d(16).to(CUDA)
+
+        def step(layer):
+            inp = x.clone().requires_grad_()
+            y = layer(inp)
+            (y * g).sum().backward()
+            return y.detach(), inp.grad
+
+        step(bn)  # warm-up: NCCL sets up its communicator at the first collective
+        step(ref)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            y, x_grad = step(bn)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        y_ref, x_grad_ref = step(ref)
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x_grad, x_grad_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(bn.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-4, atol=1e-5)
+    finally:
+        dist.destroy_process_group()

@@ -457,7 +457,7 @@ def test_colabs_own_error_handler_keeps_its_exceptions(shell, capsys):
 
 
 def test_messages_use_the_notebooks_words(tmp_path):
-    from lib.train import _open_run
+    from lib.checkpoint import open_run as _open_run
 
     (tmp_path / "last.pt").write_bytes(b"")
     with pytest.raises(UserError) as exc:

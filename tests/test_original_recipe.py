@@ -13,7 +13,8 @@ import lib.train as train_mod
 from lib.augment import BatchMix, train_transform
 from lib.common import run_cli
 from lib.config import make_config
-from lib.train import make_criterion, make_optimizer, make_scheduler, train, train_step
+from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
+from lib.train import train
 
 TINY = dict(model="light_resnet18", base_channels=8, train_size=32, val_size=20, batch_size=16, device="cpu",
             num_workers=0, augment="standard", progress=False)

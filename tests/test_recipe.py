@@ -9,10 +9,12 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+import lib.checkpoint as checkpoint_mod
 import lib.train as train_mod
 from lib.common import UserError, amp_dtype
 from lib.config import make_config
-from lib.train import make_criterion, make_optimizer, make_scheduler, train
+from lib.recipe import make_criterion, make_optimizer, make_scheduler
+from lib.train import train
 
 TINY = dict(model="light_resnet18", base_channels=8, train_size=32, val_size=20, batch_size=16, device="cpu",
             num_workers=0, augment="standard")
@@ -164,7 +166,7 @@ def test_best_pt_is_the_best_epochs_weights_even_after_a_crash(smoke_root, tmp_p
     class Crash(Exception):
         pass
 
-    real_save = train_mod.atomic_torch_save
+    real_save = checkpoint_mod.atomic_torch_save
 
     def save_or_crash(obj, path):
         if Path(path).name == "best.pt" and obj["epoch"] == 2:
@@ -173,7 +175,7 @@ def test_best_pt_is_the_best_epochs_weights_even_after_a_crash(smoke_root, tmp_p
 
     run = tmp_path / "run"
     monkeypatch.setattr(train_mod, "evaluate", evaluate_forced)
-    monkeypatch.setattr(train_mod, "atomic_torch_save", save_or_crash)
+    monkeypatch.setattr(checkpoint_mod, "atomic_torch_save", save_or_crash)
     with pytest.raises(Crash):
         train(tiny(smoke_root, run, epochs=3))
     # history.csv is not ahead of best.pt: both still say epoch 1
@@ -181,7 +183,7 @@ def test_best_pt_is_the_best_epochs_weights_even_after_a_crash(smoke_root, tmp_p
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
 
-    monkeypatch.setattr(train_mod, "atomic_torch_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "atomic_torch_save", real_save)
     rows = []
     train(tiny(smoke_root, run, epochs=3, resume=True), on_epoch=rows.append)
     history = read_history(run)

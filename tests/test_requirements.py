@@ -28,7 +28,7 @@ COLAB_PINNED = {"ipykernel": "6.17.1", "ipython": "7.34.0", "notebook": "6.5.7",
 # seaborn is for the analysis plots.
 INDIRECT = {"tabulate", "jinja2", "seaborn"}
 # Always there where a notebook runs (the kernel itself, Colab's own modules), never installed by us; kornia,
-# which only `python -m lib.bench --kornia` imports, as an optional comparison; and Ray, which only lib.sweep and
+# which only `python -m lib.bench --kornia` imports, as an optional comparison; and Ray, which only lib.scale.sweep and
 # notebook 07 import (tests/requirements.txt has it; 07's set-up installs it on Colab): training never needs it.
 NOT_REQUIRED = {"IPython", "google", "kornia"}
 OPTIONAL = {"ray"}

@@ -1,4 +1,4 @@
-"""lib.sweep on a local Ray: grid, random search, ASHA, an interrupted sweep continued with --resume.
+"""lib.scale.sweep on a local Ray: grid, random search, ASHA, an interrupted sweep continued with --resume.
 
 Ray's start-up costs seconds (it launches a GCS, a raylet and Python agents), so the whole module shares one
 local Ray session; the interrupted sweep runs in a child process that joins it with --address.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import ray  # noqa: F401 - tests/requirements.txt installs ray[tune]; lib.sweep imports it lazily
+import ray  # noqa: F401 - tests/requirements.txt installs ray[tune]; lib.scale.sweep imports it lazily
 
-from lib import sweep
+from lib.scale import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # --max-concurrent 1 in the tests: one trial worker, reused from trial to trial, instead of two starting (each
@@ -93,7 +93,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_address
     out = tmp_path / "resume"
     args = [*TINY, "--data-dir", str(smoke_root), "--epochs", "3", "--param", "dropout=0.0,0.1,0.2",
             "--max-concurrent", "1", "--out", str(out)]
-    child = subprocess.Popen([sys.executable, "-m", "lib.sweep", *args, "--address", ray_address], cwd=REPO,
+    child = subprocess.Popen([sys.executable, "-m", "lib.scale.sweep", *args, "--address", ray_address], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None:

@@ -1,6 +1,11 @@
 """The training recipe and its run folder, on smoke data, on the CPU."""
 import csv
+import errno
+import io
 import json
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import lib.checkpoint as checkpoint_mod
 import lib.train as train_mod
+from lib.checkpoint import HISTORY_FIELDS, WriteFailedError, write_or_explain
 from lib.common import run_cli
 from lib.config import make_config
-from lib.train import DivergedError, make_optimizer, make_scheduler, train
+from lib.recipe import make_optimizer, make_scheduler
+from lib.train import DivergedError, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(model="light_resnet18", base_channels=8, progress=False, device="cpu", num_workers=0)
@@ -52,7 +60,7 @@ def test_run_folder_contents(smoke_root, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(smoke_root, run, dropout=None, seed=3))
     rows = read_history(run)
-    assert list(rows[0]) == list(train_mod.HISTORY_FIELDS)
+    assert list(rows[0]) == list(HISTORY_FIELDS)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r in rows:
         for k in ("train_acc", "val_acc", "best_val_acc"):
@@ -82,19 +90,19 @@ class StopAfterOne(Exception):
 
 def train_first_epoch_only(cfg):
     """Run ``cfg`` but stop (as if killed) right after epoch 1's last.pt is written."""
-    real_save = train_mod.atomic_torch_save
+    real_save = checkpoint_mod.atomic_torch_save
 
     def save_then_stop(obj, path):
         real_save(obj, path)
         if Path(path).name == "last.pt" and obj["epoch"] == 1:
             raise StopAfterOne
 
-    train_mod.atomic_torch_save = save_then_stop
+    checkpoint_mod.atomic_torch_save = save_then_stop
     try:
         with pytest.raises(StopAfterOne):
             train(cfg)
     finally:
-        train_mod.atomic_torch_save = real_save
+        checkpoint_mod.atomic_torch_save = real_save
 
 
 def test_resume_gives_the_same_history(smoke_root, tmp_path):
@@ -123,7 +131,7 @@ def test_interrupted_checkpoint_write_keeps_last_good(smoke_root, tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torch_save_dies_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteFailedError, match="disk full"):
         train(tiny_config(smoke_root, run, resume=True))  # epoch 2's save dies half-way
     monkeypatch.undo()
     assert (run / "last.pt").read_bytes() == good
@@ -210,3 +218,62 @@ def test_cli_end_to_end_and_resume_rules(smoke_root, tmp_path, capsys):
     assert code == 2 and "--epochs" in err
     code, err = train_cli(capsys, *common, "--resume")  # already finished: resumes to nothing, keeps the history
     assert code == 0 and len(read_history(out)) == 1
+
+
+FULL_DISK = [OSError(errno.ENOSPC, "No space left on device"),  # a write that finds the disk full
+             # what torch.save's zip writer raises when the disk fills part-way through the file
+             RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 17662016 vs 17661904")]
+
+
+def test_full_disk_while_saving_ends_in_one_line_and_the_run_continues(smoke_root, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    args = ["--profile", "smoke", "--data-dir", str(smoke_root), "--out", str(run), "--model", "light_resnet18",
+            "--base-channels", "8", "--train-size", "64", "--val-size", "40", "--epochs", "2", "--no-progress"]
+    assert train_cli(capsys, *args, "--stop-after-epochs", "1")[0] == 0
+    good = (run / "last.pt").read_bytes()
+    real_save = torch.save
+    for failure in FULL_DISK:
+        def save_until_full(obj, f, *a, **k):
+            if isinstance(f, io.BytesIO):  # in memory: nothing to fill
+                return real_save(obj, f, *a, **k)
+            Path(f).write_bytes(b"part of a checkpoint")
+            raise failure
+
+        monkeypatch.setattr(torch, "save", save_until_full)
+        code, err = train_cli(capsys, *args, "--resume")
+        monkeypatch.undo()
+        last = err.strip().splitlines()[-1]
+        assert code == 74 and "Traceback" not in err and last.startswith("error: ")
+        assert f"{run / 'last.pt'}: could not be written" in last
+        assert ("No space left on device" if isinstance(failure, OSError) else "stopped part-way") in last
+        free, needs = (float(re.search(rf"([\d.]+) MB {w}", last).group(1)) for w in ("free", "needed"))
+        assert free == pytest.approx(shutil.disk_usage(run).free / 1e6, rel=0.05, abs=1)
+        assert needs == pytest.approx(len(good) / 1e6, rel=0.05)  # epoch 2's checkpoint: as large as epoch 1's
+        assert "keeps epochs 1-1 complete" in last
+        assert last.endswith(f"python -m lib.train {shlex.join([*args, '--resume'])}")
+        assert (run / "last.pt").read_bytes() == good and len(read_history(run)) == 1
+        assert not list(run.glob(".*.tmp")), "no temporary file left"
+    assert train_cli(capsys, *args, "--resume")[0] == 0  # room again: the run goes on from epoch 2
+    assert [int(r["epoch"]) for r in read_history(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("failure, why", [(PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+                                          (FileNotFoundError(errno.ENOENT, "No such file or directory"),
+                                           "No such file or directory")])
+def test_an_unwritable_run_folder_is_one_line(tmp_path, failure, why):
+    def write(path):
+        raise failure
+
+    with pytest.raises(WriteFailedError) as info:
+        write_or_explain(tmp_path / "gone" / "history.csv", write, lambda: 2_000_000, tmp_path / "gone", 3)
+    message = str(info.value)
+    assert why in message and "2.0 MB needed" in message and "keeps epochs 1-3 complete" in message
+    assert "\n" not in message and info.value.exit_code == 74
+
+
+def test_other_runtime_errors_keep_their_traceback(tmp_path):
+    def write(path):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        write_or_explain(tmp_path / "last.pt", write, lambda: 1, tmp_path, 1)

@@ -1,7 +1,7 @@
 """Where a checkpoint fails, how far its confidence can be trusted, and how it holds up under corruption.
 
-    python -m lib.analyze --checkpoint runs/r64/best.pt --data-dir data --out runs/r64/analysis
-    python -m lib.analyze --checkpoint runs/r64 --out runs/r64/analysis --corruptions contrast --severities 1,5
+    python -m lib.analysis --checkpoint runs/r64/best.pt --data-dir data --out runs/r64/analysis
+    python -m lib.analysis --checkpoint runs/r64 --out runs/r64/analysis --corruptions contrast --severities 1,5
 
 Evaluates the checkpoint on the validation split its run used (rebuilt from the checkpoint's config, as
 ``lib.predict.evaluate``) and writes to OUT_DIR: ``metrics.json``, ``predictions.npz`` (``probs`` without TTA,
@@ -12,7 +12,7 @@ failure leaves nothing half-written in OUT_DIR.
 
 Calibration: ECE with 15 equal-width confidence bins on the top-1 probability (Guo et al. 2017); temperature
 scaling fitted by minimising the NLL on a seeded random half of the evaluated images and judged on the other half.
-Corruptions: ``lib.corruptions`` (CIFAR-10-C's severities), one pass per image without TTA, so
+Corruptions: ``lib.analysis.corruptions`` (CIFAR-10-C's severities), one pass per image without TTA, so
 ``corruptions.csv``'s accuracy compares with ``metrics.json``'s ``accuracy``.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import ArgumentParser, UserError, resolve_device, run_cli
-from .config import RunConfig
+from ..common import ArgumentParser, UserError, resolve_device, run_cli
+from ..config import RunConfig
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt, parse_corruptions
 
 ECE_BINS = 15
@@ -130,8 +130,8 @@ def per_class(confusion: np.ndarray, names) -> pd.DataFrame:
 def _load(checkpoint, data_dir, device, download: bool = False):
     """(model, ckpt, splits) for the checkpoint's validation split; UserError when the data is not that split.
     ``download``: fetch the official CIFAR-10 archive first when the data folder holds no copy (a new runtime)."""
-    from .data import find_cifar_dir, load_cifar10
-    from .predict import load_checkpoint, validation_split
+    from ..data import find_cifar_dir, load_cifar10
+    from ..predict import load_checkpoint, validation_split
 
     model, ckpt = load_checkpoint(checkpoint, device)
     if download:
@@ -154,7 +154,7 @@ def analyze(checkpoint, data_dir=None, corruptions=tuple(CORRUPTIONS), severitie
     "figures"} (tables and figures by file name). ``download``: as ``lib.data.load_cifar10``'s, when the data
     folder holds no CIFAR-10."""
     from . import plots
-    from .predict import _softmax_passes
+    from ..predict import _softmax_passes
 
     dev = resolve_device(device)
     model, ckpt, splits = _load(checkpoint, data_dir, dev, download)
@@ -279,7 +279,7 @@ def _severity_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m lib.analyze", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lib.analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt (or a run folder: its best.pt)")
     p.add_argument("--data-dir", help="where CIFAR-10 lives (default: the run's data_dir)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the analysis files")

@@ -15,10 +15,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .augment import make_train_loader, resolve_channels_last
-from .config import RunConfig
-from .models import build_model
-from .train import make_criterion, make_optimizer, make_scheduler, train_step
+from ..augment import make_train_loader, resolve_channels_last
+from ..config import RunConfig
+from ..models import build_model
+from ..recipe import make_criterion, make_optimizer, make_scheduler, train_step
 
 
 class AtenOpCounter(TorchDispatchMode):

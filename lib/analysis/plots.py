@@ -1,7 +1,7 @@
-"""Figures of the analysis (notebook 06, ``python -m lib.analyze``) and the augmentation grid (notebook 01).
+"""Figures of the analysis (notebook 06, ``python -m lib.analysis``) and the augmentation grid (notebook 01).
 
 matplotlib's Figure API (no pyplot state: importing this never changes a notebook's backend), seaborn for the
-heatmaps and bars. Every function returns a Figure; notebooks display it, ``lib.analyze`` saves it.
+heatmaps and bars. Every function returns a Figure; notebooks display it, ``lib.analysis.analyze`` saves it.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .augment import BatchMix, eval_transform, train_transform
-from .config import RunConfig
+from ..augment import BatchMix, eval_transform, train_transform
+from ..config import RunConfig
 
 
 def _figure(**kw) -> Figure:
@@ -52,7 +52,7 @@ def per_class_figure(per_class: pd.DataFrame, title: str = "") -> Figure:
 
 
 def reliability_figure(panels: dict[str, pd.DataFrame]) -> Figure:
-    """One reliability diagram per entry (title -> ``lib.analyze.calibration_bins`` table): accuracy per
+    """One reliability diagram per entry (title -> ``lib.analysis.analyze.calibration_bins`` table): accuracy per
     confidence bin against the diagonal of perfect calibration, bar width = bin, shade = share of images."""
     fig = _figure(figsize=(4.2 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]

@@ -1,11 +1,11 @@
 """Hyper-parameter sweeps on Ray Tune: every trial is an ordinary ``lib.train`` run folder.
 
-    python -m lib.sweep --profile smoke --model light_resnet18 --param dropout=0.0,0.1 --param lr=0.05,0.1 \\
+    python -m lib.scale.sweep --profile smoke --model light_resnet18 --param dropout=0.0,0.1 --param lr=0.05,0.1 \\
         --out runs/sweep_dropout_lr                          # a 2 x 2 grid on a local, in-process Ray
-    python -m lib.sweep ... --search random --samples 8      # 8 random draws from the value lists
-    python -m lib.sweep ... --scheduler asha                 # ASHA stops weak trials at epochs 1, 2, 4, ...
-    python -m lib.sweep ... --address auto                   # join a running cluster (`ray start --head`)
-    python -m lib.sweep ... --out runs/sweep_dropout_lr --resume   # continue an interrupted sweep
+    python -m lib.scale.sweep ... --search random --samples 8      # 8 random draws from the value lists
+    python -m lib.scale.sweep ... --scheduler asha                 # ASHA stops weak trials at epochs 1, 2, 4, ...
+    python -m lib.scale.sweep ... --address auto                   # join a running cluster (`ray start --head`)
+    python -m lib.scale.sweep ... --out runs/sweep_dropout_lr --resume   # continue an interrupted sweep
 
 SWEEP_DIR receives sweep.json (the sweep's settings), sweep.csv (one row per trial: its values, status, epochs
 done, best and final val acc, run folder), runs/NNN_<values>/ (one lib.train run folder per trial) and tune/
@@ -25,9 +25,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .common import ArgumentParser, UserError, atomic_path, atomic_write_text, run_cli
-from .config import RunConfig, add_config_arguments, make_config
-from .models import list_models, resolve_config
+from ..common import ArgumentParser, UserError, atomic_path, atomic_write_text, run_cli
+from ..config import RunConfig, add_config_arguments, make_config
+from ..models import list_models, resolve_config
 
 SWEEP_FORMAT = 1
 HISTORY_METRICS = ("val_acc", "val_loss", "best_val_acc", "train_acc", "train_loss")
@@ -196,7 +196,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], sweep_dir: str) -> N
     import torch
     from ray import tune
 
-    from .train import train
+    from ..train import train
 
     run_dir = run_folder(sweep_dir, trial_index(tune.get_context().get_trial_id()), config)
     cfg = trial_config(spec, config, out=str(run_dir))
@@ -366,7 +366,7 @@ def SweepTable(sweep_dir: str, spec: dict[str, Any]):  # noqa: N802 - builds the
 # CLI
 # ----------------------------------------------------------------------------------------------------
 def make_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m lib.sweep", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m lib.scale.sweep", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("the sweep")
     s.add_argument("--param", action="append", metavar="NAME=V1,V2,...",
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     started = start_ray(args.address, args.num_cpus)
     try:
         if spec["profile"] == "smoke":
-            from .smoke_data import ensure_smoke_data
+            from ..smoke_data import ensure_smoke_data
             ensure_smoke_data(spec["fixed"]["data_dir"])  # once here, not racing in parallel trials
         if not resuming:
             atomic_write_text(sweep_dir / "sweep.json", json.dumps(spec, indent=2) + "\n")

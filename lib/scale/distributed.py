@@ -6,8 +6,11 @@ torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) sets up 
 GPU per process, gloo on the CPU. The configured ``--batch-size`` stays the *global* batch, so the recipe (and its
 learning rate) is the report's at any N: every step, the global batch is drawn as in one process and each rank
 takes its 1/N slice, augments and mixes it itself, and DDP averages the gradients. Rank 0 alone writes the run
-folder; the others only train. Without torchrun (no WORLD_SIZE in the environment) nothing here is used and
-``lib.train`` runs exactly as in one process.
+folder; the others only train. Every rank takes the same decision to stop (``Context.max_over_ranks``): the
+time limit from the slowest rank's clock, a non-finite loss or a SIGTERM/Ctrl-C on any rank at the next loss check
+(every 50 steps and at each epoch's end), so all ranks stop after the same step and none is left waiting in a
+collective. ``--sync-bn`` uses ``SyncBatchNorm2d`` (no host sync per layer) on any device. Without torchrun (no
+WORLD_SIZE in the environment) nothing here is used and ``lib.train`` runs exactly as in one process.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from .augment import DeviceLoader, TorchvisionLoader
-from .common import UserError
+from ..augment import DeviceLoader, TorchvisionLoader
+from ..common import UserError
 
 RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + r * stride: its own random draws, rank 0 as one process
 
@@ -33,6 +36,17 @@ def launched_by_torchrun() -> bool:
 def is_main_process() -> bool:
     """Rank 0 of torchrun's processes, or a process started without it: the one that reports."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def launch_command() -> str:
+    """The command that started this run, less its arguments (for the line that says how to continue it)."""
+    if not launched_by_torchrun():
+        return "python -m lib.train"
+    world, per_node = os.environ["WORLD_SIZE"], os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+    if world == per_node:
+        return f"torchrun --nproc_per_node {per_node} -m lib.train"
+    return f"torchrun --nnodes {int(world) // int(per_node)} --nproc_per_node {per_node} (and this job's " \
+           f"rendezvous options) -m lib.train"
 
 
 @dataclass
@@ -61,12 +75,10 @@ class Context:
         """The module the training step calls: DDP over ``model`` (whose state_dict checkpoints keep as before)."""
         if not self.active:
             return model
-        if sync_bn and device.type == "cuda":  # in place for a ResNet: same parameters, same state_dict keys
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif sync_bn:
+        if sync_bn:  # SyncBatchNorm2d, not nn.SyncBatchNorm: no host sync per layer on CUDA (its docstring)
             for module in model.modules():
                 if type(module) is nn.BatchNorm2d:
-                    module.__class__ = CpuSyncBatchNorm2d  # forward only differs: parameters and buffers stay
+                    module.__class__ = SyncBatchNorm2d  # forward only differs: parameters and buffers stay
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def shard(self, loader, global_batch: int, seed: int):
@@ -83,6 +95,15 @@ class Context:
                          device=torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t)
         return tuple((t / self.world_size).tolist())
+
+    def max_over_ranks(self, *values: float) -> tuple[float, ...]:
+        """Each value's maximum over the ranks: a decision every rank then takes alike (stop or go on)."""
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64,
+                         device=torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return tuple(t.tolist())
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
@@ -191,23 +212,32 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class CpuSyncBatchNorm2d(nn.BatchNorm2d):
-    """SyncBatchNorm for gloo/CPU processes, which torch's nn.SyncBatchNorm refuses (it needs CUDA): in training
-    the per-channel sum, sum of squares and count are all-reduced (with autograd, so the backward pass sees the
-    global statistics too) and the batch is normalised with the global mean and biased variance; the running
-    statistics get the unbiased one, as BatchNorm2d. Evaluation is BatchNorm2d's own."""
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over the global batch of all processes, on any device, without a host sync (nn.SyncBatchNorm
+    reads a count through a boolean mask in every layer: a host sync each, and a graph break under
+    torch.compile). In training each rank's per-channel count, mean and sum of squared deviations (``stats_dtype``,
+    also under autocast) travel in one all-reduce, as its own row of a zero matrix (an all-gather that every
+    backend has), with autograd, so the backward pass sees the global statistics too. Chan et al.'s pairwise
+    formula combines them (no E[x^2] - E[x]^2 cancellation). The batch is normalised with the global mean and
+    biased variance; the running statistics get the unbiased one, as BatchNorm2d. Evaluation is BatchNorm2d's."""
+
+    # None: float64 on the CPU (as BatchNorm2d's CPU kernels accumulate), float32 on GPUs (as theirs; float64 is
+    # slow there); each rank's mean is rounded to it before the ranks combine
+    stats_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        c = x.shape[1]
-        # float64 sums: E[x^2] - E[x]^2 in float32 loses digits when the mean is large against the spread
-        x64 = x.double()
-        local = torch.cat([x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3)), x64.new_full((1,), x.numel() / c)])
-        total = _AllReduceSum.apply(local)
-        n = total[-1]
-        mean64 = total[:c] / n
-        mean, var = mean64.to(x.dtype), (total[c:2 * c] / n - mean64 * mean64).to(x.dtype)
+        c, world, rank = x.shape[1], dist.get_world_size(), dist.get_rank()
+        xs = x.to(self.stats_dtype or (torch.float64 if x.device.type == "cpu" else torch.float32))
+        var_local, mean_local = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
+        n_local = x.numel() // c
+        local = torch.cat([mean_local, var_local * n_local, mean_local.new_full((1,), n_local)])
+        rows = _AllReduceSum.apply(nn.functional.pad(local[None], (0, 0, rank, world - rank - 1)))
+        means, sq_dev, counts = rows[:, :c], rows[:, c:2 * c], rows[:, 2 * c:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (sq_dev + counts * (means - mean) ** 2).sum(0) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -215,5 +245,7 @@ class CpuSyncBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - m).add_(m * mean)
                 self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
         shape = (1, c, 1, 1)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:
+            return ((xs - mean.view(shape)) * scale.view(shape)).to(x.dtype)
+        return ((xs - mean.view(shape)) * (scale * self.weight).view(shape) + self.bias.view(shape)).to(x.dtype)

@@ -1,0 +1,52 @@
+"""--time-limit predicts the next epoch from steps that neither compile nor autotune.
+
+The delays are added to lib.train's clock rather than slept (the test takes seconds whatever the machine's load):
+each slow step moves the clock lib.train reads 100 s on. 80 images in batches of 16: 5 steps an epoch.
+"""
+import time
+
+import pytest
+
+import lib.train as train_mod
+from lib.config import make_config
+from lib.train import train
+
+DELAY = 100.0
+
+
+@pytest.mark.parametrize("slow_steps, limit_minutes, epochs_done", [
+    # epoch 1 takes 200 s, the next ones seconds: 3 epochs fit 5 minutes (before: stopped after epoch 1, as
+    # 200 s gone + 1.05 x 200 s predicted > 300 s)
+    ({1, 2}, 5.0, 3),
+    # every step slow: 500 s an epoch; 500 s gone + 1.05 x 500 s > 10 minutes: the limit still stops
+    (set(range(1, 16)), 10.0, 1),
+])
+def test_first_slow_steps_are_not_extrapolated(smoke_root, tmp_path, monkeypatch, slow_steps, limit_minutes,
+                                               epochs_done):
+    offset = [0.0]
+
+    class Clock:  # lib.train's clock: real time plus the delays so far
+        @staticmethod
+        def monotonic():
+            return time.monotonic() + offset[0]
+
+        @staticmethod
+        def perf_counter():
+            return time.perf_counter() + offset[0]
+
+    real_step, calls = train_mod.train_step, [0]
+
+    def step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] in slow_steps:
+            offset[0] += DELAY
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "time", Clock)
+    monkeypatch.setattr(train_mod, "train_step", step)
+    cfg = make_config("smoke", model="light_resnet18", base_channels=8, progress=False, device="cpu",
+                      num_workers=0, data_dir=str(smoke_root), out=str(tmp_path / "run"), train_size=80,
+                      val_size=40, batch_size=16, epochs=3, time_limit=limit_minutes)
+    summary = train(cfg)
+    assert summary["epochs_done"] == epochs_done
+    assert summary["history"][0]["epoch_seconds"] > len(slow_steps & {1, 2, 3, 4, 5}) * DELAY  # the delay counted
