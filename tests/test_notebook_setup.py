@@ -587,3 +587,37 @@ def test_make_colab_links_fills_the_badges_and_the_clone_url(tmp_path):
         assert 'CLONE = "git clone -q --depth=1 https://github.com/alice/cifar-resnets.git cifar10"' in first_cell(path)
         nbformat.validate(nbformat.read(path, as_version=4))
         ast.parse(first_cell(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Notebooks 04-06: which runs and which checkpoint (without training: the smoke run is there)
+# --------------------------------------------------------------------------------------------------------------
+def test_the_runs_and_the_checkpoint_notebooks_04_to_06_take(tmp_path, capsys):
+    from test_report import FULL, fake_run
+
+    runs = tmp_path / "runs"
+    fake_run(runs / "r64_old", "robust_resnet64", [0.5, 0.6], written=1000)
+    fake_run(runs / "r64_new", "robust_resnet64", [0.3], written=2000)  # the newest, and the worst
+    fake_run(runs / "lr18_full", "light_resnet18", FULL + [0.55])  # all 300 epochs: a reproduction
+    fake_run(runs / "lr18_smoke_like", "light_resnet18", [0.9], profile="smoke", data_source="synthetic")
+    for run in runs.iterdir():
+        (run / "best.pt").write_bytes(b"")
+    # 04: the newest paper-profile run of each model, never the best; or what it is given
+    assert sorted(p.name for p in nb.report_runs("paper", "robust_resnet64", None, runs)) == ["lr18_full", "r64_new"]
+    assert nb.report_runs("paper", "robust_resnet64", ["runs/a", "runs/b"]) == [Path("runs/a"), Path("runs/b")]
+    smoke = runs / "light_resnet18_smoke"
+    smoke.mkdir()
+    (smoke / "best.pt").write_bytes(b"")
+    assert nb.report_runs("smoke", "light_resnet18", None, runs) == [smoke]  # there: not trained again
+    assert "no smoke run" not in capsys.readouterr().out
+    assert nb.output_dirs("smoke") == ("scratch/smoke/figures", "scratch/smoke/report")
+    assert nb.output_dirs("paper") == ("figures", "report") and nb.output_dirs("paper", "f", "r") == ("f", "r")
+    # 05 and 06: a real run first (lr18_full: 0.55 at best, below r64_old), else the best validation accuracy
+    assert nb.best_checkpoint("paper", "robust_resnet64", runs) == runs / "lr18_full" / "best.pt"
+    shutil.rmtree(runs / "lr18_full")
+    assert nb.best_checkpoint("paper", "robust_resnet64", runs) == runs / "r64_old" / "best.pt"
+    assert nb.best_checkpoint("smoke", "light_resnet18", runs) == smoke / "best.pt"
+    assert nb.best_checkpoint("paper", "x", runs, run_name="r64_new") == runs / "r64_new" / "best.pt"
+    assert nb.best_checkpoint("paper", "x", runs, "r64_new", checkpoint="my.pt") == Path("my.pt")
+    with pytest.raises(UserError, match="no paper-profile run with a best.pt"):
+        nb.best_checkpoint("paper", "robust_resnet64", tmp_path / "empty")
