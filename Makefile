@@ -40,10 +40,20 @@ $(VENV)/.installed: requirements.txt tests/requirements.txt
 	$(PY) -m pip install --quiet -r tests/requirements.txt
 	touch $@
 
-# The test suite: unit tests and each notebook executed once by papermill (tests/test_notebooks.py), all on
-# smoke data, on the CPU. Deselect the notebook chain with: $(PY) -m pytest -n 2 -m "not notebooks".
+# The test suite, on smoke data, on the CPU, 2 workers: the unit tests; every notebook executed by papermill as a
+# user runs it, from the repository root with -p values (tests/test_notebooks.py, in a scratch copy); and nbval
+# (--nbval-lax: every cell runs without error) over notebooks 03 and 04 as Jupyter runs them, from notebooks/ with
+# nothing injected (profile and model from CIFAR_PROFILE/CIFAR_MODEL), in a copy in $(NBVAL_DIR): 03 trains the
+# smoke run under its default name, 04 reports on it. The other notebooks take nothing but the model in the
+# papermill chain, so nbval would run their code again the same way (about 2 minutes more on one worker).
+# Without the notebooks: $(PY) -m pytest -n 2 -m "not notebooks".
+NBVAL_DIR       := $(SCRATCH)/nbval
+NBVAL_NOTEBOOKS := 03_training 04_results
 test: venv
-	$(PY) -m pytest -q -n 2
+	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)/report
+	cp -r lib notebooks requirements.txt $(NBVAL_DIR)/ && cp -r report/reference $(NBVAL_DIR)/report/
+	CIFAR_PROFILE=smoke CIFAR_MODEL=light_resnet18 $(PY) -m pytest -q -n 2 --nbval-lax --nbval-current-env \
+		tests $(NBVAL_NOTEBOOKS:%=$(NBVAL_DIR)/notebooks/%.ipynb)
 
 # Notebooks 01-06 on the smoke profile (synthetic CIFAR-format data in data/smoke when CIFAR-10 is absent), executed
 # with papermill into $(SMOKE_OUT)/: 03 trains into $(SMOKE_RUNS), 04 writes Figure 1 and Table 1 (marked "NOT a

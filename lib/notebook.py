@@ -1,19 +1,29 @@
-"""The notebooks' set-up, as ordinary tested code: each notebook's first cell finds the repository (on Colab it
-clones it first) and calls ``setup``.
+"""The notebooks' set-up, as ordinary tested code. Each notebook's first cell is the same four lines:
 
-    import lib.notebook as nb; nb.setup(ROOT, keep=["runs"])
+    import os, sys, IPython; CLONE = "git clone -q --depth=1 https://github.com/OWNER/REPO.git cifar10"
+    COLAB = "google.colab" in sys.modules and not os.path.isdir("lib"); sys.path += ["..", "cifar10"]
+    if COLAB and ("/OWNER/" in CLONE or os.system(CLONE)): raise IPython.core.error.UsageError(CLONE)
+    from lib.notebook import setup; setup("runs")
+
+On Colab, opened from GitHub (no lib/ in the working folder), it clones the repository into ./cifar10 (CLONE_NAME)
+and stops with that one line (an IPython UsageError) while the URL is the placeholder (`make colab-links
+REPO=owner/name` writes the real one) or when the clone fails. Elsewhere ``lib`` is found from the repository root
+(papermill), from notebooks/ (Jupyter) or from any folder of the checkout one level down.
 
 Everywhere (Jupyter, papermill, Colab), ``setup``
 - works from the repository root (found by MARKER, a file only this repository has) and makes ``lib`` importable;
 - shows a ``UserError`` as one line in the notebook's words (``resume = True``, not ``--resume``); any other error
   keeps its traceback;
-- checks papermill's ``-p`` values before anything runs: a name the parameters cell does not define stops with one
-  line naming the closest ones (difflib), and a parameter annotated as a list (``widths: list[int] = None``) also
-  takes a comma string (``-p widths 45,90,170,340``).
+- checks papermill's ``-p`` values before anything runs: a name the parameters cell does not define (with
+  ``run_settings``, notebook 03: nor lib.config.RunConfig) stops with one line naming the closest ones (difflib),
+  and a list-valued parameter (``widths``) also takes a comma string (``-p widths 45,90,170,340``).
 On Colab it also installs what requirements.txt lists and the runtime lacks (a package Colab has is never upgraded)
 and, when the notebook keeps anything, mounts Google Drive and keeps it in MyDrive/cifar10-resnets (``lib.drive``).
-Notebook 03's ``run_config`` turns its parameters into one RunConfig (``resume = "auto"``), and ``train`` trains a
-run folder that lies on Drive on the runtime's own disk, copied into Drive in place after every epoch.
+Notebook 03's ``run_config`` turns its parameters (and any other RunConfig setting papermill injected) into one
+RunConfig (``resume = "auto"``), and ``train`` trains a run folder that lies on Drive on the runtime's own disk,
+copied into Drive in place after every epoch. Notebooks 04-06 choose their runs and checkpoint with
+``report_runs``, ``output_dirs`` and ``best_checkpoint`` (under the smoke profile training the smoke run when it is
+absent, as on a fresh Colab runtime); notebook 02 shows library code with ``show_source``.
 
 Colab's paths are parameters (``drive_mount``, ``drive_folder``): tests point them at temporary folders.
 """
@@ -34,8 +44,9 @@ from typing import Any, Iterable
 
 from .drive import FOLDER as DRIVE_FOLDER, Drive, RunMirror
 
-MARKER = "lib/notebook.py"  # this file: how the first cell (and setup) know a checkout of this repository
-CLONE_NAME = "cifar10-resnets"  # the folder the first cell clones into on Colab (next to Colab's /content/drive)
+MARKER = "lib/notebook.py"  # this file: how setup knows a checkout of this repository
+CLONE_NAME = "cifar10"  # the folder the first cell clones into on Colab (next to Colab's /content/drive)
+FIRST_CELL_PATHS = ("..", CLONE_NAME)  # relative sys.path entries the first cell adds; setup puts the root first
 LOCAL_RUNS = "scratch/colab"  # where train() trains a run folder that is on Drive (the runtime's own disk)
 PAPERMILL_CELL = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
 NOTEBOOK_NAMES = {"out": "run_name"}  # CLI options whose notebook counterpart has another name
@@ -64,25 +75,27 @@ def current() -> Session:
 # ----------------------------------------------------------------------------------------------------------
 # setup
 # ----------------------------------------------------------------------------------------------------------
-def setup(root: str | os.PathLike, keep: Iterable[str] = (), extras: Iterable[str] = (),
-          drive_mount: str | os.PathLike | None = None, drive_folder: str = DRIVE_FOLDER) -> None:
+def setup(*keep: str, root: str | os.PathLike | None = None, extras: Iterable[str] = (),
+          run_settings: bool = False, drive_mount: str | os.PathLike | None = None,
+          drive_folder: str = DRIVE_FOLDER) -> None:
     """Set the notebook up (see the module docstring). ``keep``: the paths, relative to the repository, that go
-    to Google Drive on Colab; ``extras``: packages of tests/requirements.txt this notebook also needs on Colab
-    (07: ray); ``drive_mount``: where to mount Drive (default: beside the clone, which on Colab is /content/drive).
-    ``current()`` returns what it set up."""
+    to Google Drive on Colab; ``root``: the checkout (default: the one this file is in); ``extras``: packages of
+    tests/requirements.txt this notebook also needs on Colab (07: ray); ``run_settings``: papermill -p also takes
+    every lib.config.RunConfig setting (03); ``drive_mount``: where to mount Drive (default: beside the clone, which
+    on Colab is /content/drive). ``current()`` returns what it set up."""
     global _session
-    root = Path(root).resolve()
+    root = Path(root if root is not None else Path(__file__).parents[1]).resolve()
     if not (root / MARKER).is_file():
         raise _user_error(f"{root}: not a checkout of this repository (no {MARKER})")
     os.chdir(root)  # relative paths (data/, runs/, figures/, report/) mean the same in every notebook
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    # the first cell's relative entries would mean other folders from the root: the root itself, first
+    sys.path[:] = [str(root)] + [p for p in sys.path if p != str(root) and p not in FIRST_CELL_PATHS]
     colab = "google.colab" in sys.modules
     if colab:
         install_missing(root, extras)
     shell = _shell()
     if shell is not None:
-        _install_hooks(shell)
+        _install_hooks(shell, run_settings)
     keep = tuple(keep)
     session = Session(root, colab)
     if colab and keep:
@@ -219,12 +232,21 @@ def comma_list(text: str, annotation: str = "list") -> list:
         raise _user_error(f"{text!r}: expected {kind.__name__}s separated by commas") from None
 
 
+def run_setting_names() -> dict[str, str | None]:
+    """Every lib.config.RunConfig setting, with "list[int]" for the list-valued ones (widths), as parameter_names
+    gives them for a parameters cell."""
+    from .config import RunConfig
+
+    return {f.name: "list[int]" if "list[int]" in str(f.type) else None for f in dataclasses.fields(RunConfig)}
+
+
 class ParameterCheck:
     """papermill's injected cell, checked against the parameters cell that ran just before it (an IPython input
-    transformer, so nothing of the injected cell runs when a name is wrong)."""
+    transformer, so nothing of the injected cell runs when a name is wrong). With ``run_settings`` (notebook 03)
+    every RunConfig setting is a parameter too, whether or not the parameters cell lists it."""
 
-    def __init__(self):
-        self.previous = ""
+    def __init__(self, run_settings: bool = False):
+        self.previous, self.run_settings = "", run_settings
 
     def seen(self, result) -> None:  # post_run_cell (IPython >= 7: the result carries the cell's source)
         self.previous = getattr(getattr(result, "info", None), "raw_cell", "") or ""
@@ -235,6 +257,8 @@ class ParameterCheck:
         known = parameter_names(self.previous)
         if not known:
             return lines
+        if self.run_settings:  # the cell's own annotation, else RunConfig's
+            known = {k: known.get(k) or v for k, v in {**run_setting_names(), **known}.items()}
         tree, changed = ast.parse("".join(lines)), False
         for stmt in tree.body:
             name = stmt.targets[0].id if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name) \
@@ -244,8 +268,9 @@ class ParameterCheck:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
                 raise _user_error(f"papermill -p {name}: this notebook has no parameter {name}"
-                                    + (f"; did you mean {' or '.join(close)}?" if close else "")
-                                    + " (its parameters cell lists them all)")
+                                  + (f"; did you mean {' or '.join(close)}?" if close else "")
+                                  + (" (its parameters cell and lib.config.RunConfig list them all)"
+                                     if self.run_settings else " (its parameters cell lists them all)"))
             annotation = known[name] or ""
             if annotation.startswith("list") and isinstance(stmt.value, ast.Constant) \
                     and isinstance(stmt.value.value, str):
@@ -267,7 +292,7 @@ def _shell():
 _hooks: dict[str, Any] = {}
 
 
-def _install_hooks(shell) -> None:
+def _install_hooks(shell, run_settings: bool = False) -> None:
     """Short errors, the papermill check and the copies to Drive; a rerun of the first cell replaces them."""
     from .common import UserError
 
@@ -290,7 +315,7 @@ def _install_hooks(shell) -> None:
         shell.input_transformers_post.remove(old)
         shell.events.unregister("post_run_cell", old.seen)
         shell.events.unregister("post_run_cell", _hooks.pop("sync"))
-    check = ParameterCheck()
+    check = ParameterCheck(run_settings)
     shell.input_transformers_post.append(check)
     shell.events.register("post_run_cell", check.seen)
     _hooks.update(check=check, sync=_sync_kept)
@@ -416,3 +441,76 @@ def _said_how_to_continue(run, cfg) -> dict[str, Any]:
         print(f"{words}; stop_after_epochs and time_limit train another part of the {cfg.epochs} epochs",
               file=sys.stderr)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Notebooks 04-06: which runs to report on, which checkpoint to use
+# ----------------------------------------------------------------------------------------------------------
+SMOKE_OUT = Path("scratch/smoke")  # where a smoke report, figure and submission go (never figures/ or report/)
+
+
+def smoke_run(model: str, runs_dir: str | os.PathLike = "runs") -> Path:
+    """``runs_dir/<model>_smoke``, the smoke run notebook 03 names; trained here when it holds no best.pt (smoke
+    profile, a minute or two on a CPU), so 04-06 also work on their own, as on a fresh Colab runtime."""
+    run = Path(runs_dir) / f"{model}_smoke"
+    if not (run / "best.pt").is_file():
+        from .config import make_config
+        from .train import train as train_run
+
+        print(f"no smoke run in {run}: training it (smoke profile, a minute or two on a CPU)")
+        train_run(make_config("smoke", model=model, out=str(run), progress=False, resume=True))
+    return run
+
+
+def report_runs(profile: str, model: str, runs: Iterable[str | os.PathLike] | None = None,
+                runs_dir: str | os.PathLike = "runs") -> list[Path]:
+    """Notebook 04's run folders: ``runs`` as given; else under the smoke profile the smoke run (``smoke_run``);
+    else the newest paper-profile run of each model in ``runs_dir`` (lib.runs.default_runs: never the best of
+    several experiments). Empty when there is none."""
+    if runs is not None:
+        return [Path(r) for r in runs]
+    if profile == "smoke":
+        return [smoke_run(model, runs_dir)]
+    from .runs import default_runs
+
+    return default_runs(runs_dir)
+
+
+def output_dirs(profile: str, figures_dir: str | None = None, report_dir: str | None = None) -> tuple[str, str]:
+    """Where Figure 1 and Table 1 go: as given, else figures/ and report/ (smoke: under SMOKE_OUT, so a smoke
+    result never lands on the committed figure and table)."""
+    base = SMOKE_OUT if profile == "smoke" else Path(".")
+    return figures_dir or str(base / "figures"), report_dir or str(base / "report")
+
+
+def best_checkpoint(profile: str, model: str, runs_dir: str | os.PathLike = "runs", run_name: str | None = None,
+                    checkpoint: str | os.PathLike | None = None) -> Path:
+    """Notebooks 05 and 06's checkpoint: ``checkpoint``; else ``runs_dir/run_name/best.pt``; else under the smoke
+    profile the smoke run's (``smoke_run``); else best.pt of the paper-profile run with the best validation
+    accuracy in ``runs_dir``, real CIFAR-10 runs first."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if run_name is not None:
+        return Path(runs_dir) / run_name / "best.pt"
+    if profile == "smoke":
+        return smoke_run(model, runs_dir) / "best.pt"
+    from .runs import load_run
+
+    candidates = [load_run(p.parent) for p in sorted(Path(runs_dir).glob("*/best.pt"))
+                  if (p.parent / "history.csv").is_file() and (p.parent / "config.json").is_file()]
+    candidates = [r for r in candidates if r.config.profile == "paper"]
+    if not candidates:
+        raise _user_error(f"no paper-profile run with a best.pt in {runs_dir}/: train one with notebook 03 (or make "
+                          "reproduce), or set run_name or checkpoint")
+    return max(candidates, key=lambda r: (r.is_real, r.best_val_acc)).path / "best.pt"
+
+
+def show_source(*objects) -> None:
+    """Each object's source (a class or function of lib), as a highlighted code block in a notebook; notebook 02
+    shows the block and the network that build each Table-1 model with it."""
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    for obj in objects:
+        display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))

@@ -3,8 +3,9 @@
     python -m lib.report --runs runs/r64 runs/lr18 --figures figures --report report
 
 Figure 1 ("Training vs. Best Validation Accuracy per Epoch"): one run, as in the report -- green per-epoch
-training accuracy (history.csv's train_acc), blue best-validation-accuracy-so-far -- with the same model's curves
-from the original team's log (``lib.reference``) as thin dashed lines over the same epochs.
+training accuracy (history.csv's train_acc), blue best-validation-accuracy-so-far -- on the x axis of the run's
+whole schedule, with the same model's original log (``lib.reference``) over that schedule as thin dashed lines: a
+run part-way through shows where the original run went from there.
 
 Table 1: one row per model of the report's Table 1 (all four, always), #Params/N/B/C from
 ``lib.models.model_summary``, the measured best and final-epoch validation accuracy next to the report's own
@@ -69,6 +70,19 @@ def log_comparison(runs: list[Run]) -> pd.DataFrame:
                                        "Train loss MAE", "Original log"])
 
 
+def runs_overview(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: model, data, device, precision, epochs, best and final validation accuracy, and whether it
+    is a reproduction (else every way it differs) -- notebook 04's overview before Figure 1 and Table 1."""
+    return pd.DataFrame([{"run": str(r.path), "model": r.config.model, "data": r.data_label, "device": r.device_label,
+                          "precision": r.precision, "epochs": f"{r.epochs_done} of {r.config.epochs}",
+                          "best val acc (%)": round(100 * r.best_val_acc, 2),
+                          "final val acc (%)": round(100 * r.final_val_acc, 2),
+                          "a reproduction": "yes" if r.is_real else "no: " + "; ".join(r.shortfalls())}
+                         for r in runs],
+                        columns=["run", "model", "data", "device", "precision", "epochs", "best val acc (%)",
+                                 "final val acc (%)", "a reproduction"])
+
+
 # ---------------------------------------------------------------------------------------------- Figure 1
 def pick_figure_run(runs: list[Run]) -> Run:
     """The run Figure 1 shows: a reproduction before any other, RobustResNet64 (the report's figure) before other
@@ -79,23 +93,26 @@ def pick_figure_run(runs: list[Run]) -> Run:
 
 
 def plot_figure1(run: Run) -> Figure:
-    """The report's Figure 1 for one run, with the same model's original log over the same epochs as thin dashed
-    lines (a matplotlib Figure; notebooks display it, ``save_figure`` writes it)."""
+    """The report's Figure 1 for one run, on the x axis of its whole schedule (config.json's epochs), so a run
+    part-way through shows where it is heading: the same model's original log drawn over that schedule in thin
+    dashed lines, the run's own epochs solid (a matplotlib Figure; notebooks display it, ``save_figure`` writes
+    it)."""
     h = run.history.sort_values("epoch")
+    schedule = max(int(run.config.epochs), int(h["epoch"].max()))
     label = REPORTED.get(run.config.model, {}).get("label", run.config.model)
     fig = Figure(figsize=(7, 5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    few = len(h) <= 20  # markers: a 1-epoch run is a point, not nothing
-    marks, log_marks = ({"marker": "o", "markersize": 3}, {"marker": "x", "markersize": 4}) if few else ({}, {})
+    marks = {"marker": "o", "markersize": 3} if len(h) <= 20 else {}  # a 1-epoch run is a point, not nothing
     # history.csv files written before train_acc_dominant existed hold the dominant-label accuracy in train_acc
     train_label = "Training accuracy" + ("" if "train_acc_dominant" in h else " (dominant label: an older history.csv)")
     ax.plot(h["epoch"], 100 * h["train_acc"], color="green", label=train_label, **marks)
     ax.plot(h["epoch"], 100 * h["best_val_acc"], color="blue",
             label=f"Best validation accuracy so far (max {100 * run.best_val_acc:.2f}%)", **marks)
     log = original_log(run.config.model)
-    if log is not None:  # the log's epochs 1..N against ours
-        o = log.history[log.history["epoch"] <= h["epoch"].max()]
+    if log is not None:  # the original run over this run's schedule: 300 epochs for the paper profile
+        o = log.history[log.history["epoch"] <= schedule]
+        log_marks = {"marker": "x", "markersize": 4} if len(o) <= 20 else {}
         ax.plot(o["epoch"], 100 * o["train_acc"], color="green", linestyle="--", linewidth=0.8,
                 label="Original run's log: training accuracy", **log_marks)
         ax.plot(o["epoch"], 100 * o["best_val_acc"], color="blue", linestyle="--", linewidth=0.8, **log_marks,
@@ -110,11 +127,11 @@ def plot_figure1(run: Run) -> Figure:
         subtitle = f"{NOT_A_REPRODUCTION} ({'; '.join(run.shortfalls())}) — {label}: {run.source(result=False)}"
         colour = "red"
     ax.set_title(textwrap.fill(subtitle, 120), fontsize=7, color=colour)  # 120 characters of 7 pt fit 7 inches
-    if few:  # one tick per epoch
+    if schedule <= 20:  # one tick per epoch
         ax.xaxis.set_major_locator(MultipleLocator(1))
-        ax.set_xlim(0.5, h["epoch"].max() + 0.5)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlim(0.5 if schedule <= 20 else 0, schedule + (0.5 if schedule <= 20 else 0))
     ax.grid(alpha=0.3)
     # below the axes: inside them it hides the curves of a short run
     legend = fig.legend(loc="outside lower center", ncols=1, fontsize=7, frameon=False)
@@ -136,8 +153,12 @@ def save_figure(fig: Figure, figures_dir: str | os.PathLike, stem: str = "figure
 
 # ----------------------------------------------------------------------------------------------- Table 1
 def _architecture(model_config: dict) -> dict:
-    """The parts of a model config that define the architecture (JSON-normalised, so lists compare equal)."""
-    return {k: v for k, v in json.loads(json.dumps(model_config)).items() if k not in REGULARISATION_KEYS}
+    """The parts of a model config that define the architecture (JSON-normalised, so lists compare equal; no SE
+    was recorded as null before it was 0)."""
+    arch = {k: v for k, v in json.loads(json.dumps(model_config)).items() if k not in REGULARISATION_KEYS}
+    if "se_reduction" in arch:
+        arch["se_reduction"] = arch["se_reduction"] or 0
+    return arch
 
 
 def _original_best(name: str) -> str:

@@ -140,6 +140,9 @@ class Run:
                                                        **paper.model_overrides())))
         # a model_config written before an option existed had that option's earlier behaviour (LEGACY_OPTIONS)
         mine = {**LEGACY_OPTIONS, **json.loads(json.dumps(self.model_config))}
+        for d in (mine, default):  # no SE was recorded as null before it was 0: the same network
+            if "se_reduction" in d:
+                d["se_reduction"] = d["se_reduction"] or 0
         inert = {"name"}  # where SE or stochastic depth is absent from both, its placement or mode computes nothing
         if not mine.get("se_reduction") and not default.get("se_reduction"):
             inert.add("se_position")

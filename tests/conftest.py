@@ -25,13 +25,23 @@ def smoke_root(tmp_path_factory) -> Path:
     return root
 
 
-# Under pytest -n N (make test: -n 2): every test in test_notebooks.py on one worker, scheduled first, every other
-# test balanced one at a time as in --dist load. The notebook checks share one execution of the notebook chain (a
-# session fixture); a second worker would execute the notebooks again. (xdist's own --dist loadgroup does not
-# group here: with pytest 9 it cannot rename the tests it groups.)
+# Under pytest -n N (make test: -n 2): every test in test_notebooks.py on one worker, every notebook cell that
+# nbval executes (make test's --nbval-lax) on one worker, these two units first (the largest: xdist sends out the
+# units with the most tests first, so each gets a worker of its own), every other test balanced one at a time as in
+# --dist load. The notebook checks share one execution of the notebook chain (a session fixture); a second worker
+# would execute the notebooks again. nbval's cells must run in order in one kernel, and its notebooks in the order
+# given (04-06 use the run 03 trains). (xdist's own --dist loadgroup does not group here: with pytest 9 it cannot
+# rename the tests it groups.)
 NOTEBOOK_TESTS = "tests/test_notebooks.py::"
 # test_sweep.py's tests share one local Ray (a module fixture; starting Ray costs seconds): one worker too
 ONE_WORKER = (NOTEBOOK_TESTS, "tests/test_sweep.py::")
+NBVAL_UNIT = "nbval"  # every cell of every notebook given to pytest --nbval-lax (node ids NOTEBOOK.ipynb::Cell N)
+
+
+def work_unit(nodeid: str) -> str:
+    if ".ipynb::" in nodeid:
+        return NBVAL_UNIT
+    return next((prefix for prefix in ONE_WORKER if nodeid.startswith(prefix)), nodeid)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -39,8 +49,7 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebooksOnOneWorker(LoadScopeScheduling):
-        # one work unit per test, except test_notebooks.py's: one unit, the largest, so it goes out first
         def _split_scope(self, nodeid: str) -> str:
-            return next((prefix for prefix in ONE_WORKER if nodeid.startswith(prefix)), nodeid)
+            return work_unit(nodeid)
 
     return NotebooksOnOneWorker(config, log)

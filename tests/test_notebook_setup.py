@@ -168,39 +168,69 @@ def test_first_cell_is_short_shared_and_calls_setup():
     cells = {p.stem: first_cell(p) for p in NOTEBOOKS}
     for name, source in cells.items():
         lines = source.splitlines()
-        assert len(lines) <= 9, f"{name}: {len(lines)} lines"
-        assert lines[-1].endswith(")") and "nb.setup(ROOT" in lines[-1], name
-        assert source.count(PLACEHOLDER) == 1 and '"lib/notebook.py"' in source, name
+        assert len(lines) <= 4 and max(map(len, lines)) <= 100, f"{name}: {len(lines)} lines"
+        assert lines[-1].startswith("from lib.notebook import setup; setup(") and lines[-1].endswith(")"), name
+        assert source.count(PLACEHOLDER) == 1, name
     bodies = {"\n".join(s.splitlines()[:-1]) for s in cells.values()}
     assert len(bodies) == 1, "one first cell in every notebook; only the setup() call differs"
+    assert f" {nb.CLONE_NAME}\"" in next(iter(bodies)), "the cell clones into lib.notebook.CLONE_NAME"
     assert nb.MARKER == "lib/notebook.py" and (REPO / nb.MARKER).is_file()
 
 
-@pytest.mark.parametrize("start", ["notebooks", "lib"])
-def test_first_cell_outside_colab_works_from_the_repository_root(shell, start, monkeypatch):
-    """Jupyter starts kernels in notebooks/, papermill wherever it was called: both end up at the root."""
+def kernel_path(monkeypatch) -> None:
+    """sys.path as a new kernel has it: the working folder first ("") and no checkout of this repository (pytest
+    puts the working tree there); importlib's finders for relative entries such as ".." are made afresh, as in a
+    new process (they hold the folder the entry meant when first used)."""
+    monkeypatch.setattr(sys, "path", [""] + [p for p in sys.path if p and Path(p).resolve() != REPO])
+    monkeypatch.setattr(sys, "path_importer_cache", {})
+
+
+@pytest.mark.parametrize("start", ["notebooks", "lib", "."])
+def test_first_cell_outside_colab_works_from_the_repository_root(shell, start, monkeypatch, runtime_lib):
+    """Jupyter starts kernels in notebooks/, papermill wherever it was called: all end up at the root, with lib
+    imported from this checkout and the root first on sys.path."""
+    kernel_path(monkeypatch)
     monkeypatch.chdir(REPO / start)
     assert run(shell, first_cell(REPO / "notebooks" / "03_training.ipynb")).success
-    assert Path.cwd() == REPO and str(REPO) in sys.path and nb.current().root == REPO
-    assert nb.current().drive is None and not nb.current().colab
+    session = sys.modules["lib.notebook"].current()
+    assert Path.cwd() == REPO and sys.path[0] == str(REPO) and session.root == REPO
+    assert Path(sys.modules["lib"].__file__).resolve() == REPO / "lib" / "__init__.py"
+    assert session.drive is None and not session.colab
+    assert ".." not in sys.path and nb.CLONE_NAME not in sys.path  # the cell's relative entries are gone
 
 
-def test_first_cell_on_colab_with_the_placeholder_url_stops_in_one_line(shell, colab, tmp_path, monkeypatch, capsys):
+def test_first_cell_on_colab_with_the_placeholder_url_stops_in_one_line(shell, colab, tmp_path, monkeypatch, capsys,
+                                                                        runtime_lib):
     """A working folder with a lib/ folder above it (Colab images have /lib): that is no checkout, and with the
-    placeholder URL nothing is cloned and no git password prompt appears."""
+    placeholder URL nothing is cloned (no git, so no password prompt): one line that shows the clone command."""
+    kernel_path(monkeypatch)
     (tmp_path / "lib").mkdir()
     (tmp_path / "content").mkdir()
     monkeypatch.chdir(tmp_path / "content")
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(os, "system", lambda *a, **k: calls.append(a))
     assert not run(shell, first_cell(REPO / "notebooks" / "04_results.ipynb")).success
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("UsageError: no checkout of this repository") and "placeholder" in line
+    assert line == f"UsageError: git clone -q --depth=1 {PLACEHOLDER} {nb.CLONE_NAME}"  # the placeholder, named
     assert calls == [] and list((tmp_path / "content").iterdir()) == [] and colab.calls == []
+    assert "lib" not in sys.modules  # nothing imported: a later run with the real URL imports the clone's lib
+
+
+def test_first_cell_on_colab_when_the_clone_fails_stops_in_one_line(shell, colab, tmp_path, monkeypatch, capsys,
+                                                                     runtime_lib):
+    kernel_path(monkeypatch)
+    (tmp_path / "content").mkdir()
+    monkeypatch.chdir(tmp_path / "content")
+    missing = (tmp_path / "no-such-repo.git").as_uri()
+    source = first_cell(REPO / "notebooks" / "03_training.ipynb").replace(PLACEHOLDER, missing)
+    assert not run(shell, source).success
+    assert one_line(capsys.readouterr().err) == f"UsageError: git clone -q --depth=1 {missing} {nb.CLONE_NAME}"
+    assert list((tmp_path / "content").iterdir()) == [] and colab.calls == []
 
 
 def test_colab_clones_trains_into_drive_and_a_new_runtime_continues(shell, colab, runtime_lib, tmp_path,
-                                                                     smoke_root, capsys):
+                                                                     smoke_root, capsys, monkeypatch):
     """Runtime 1 opens 03 from GitHub: the first cell clones the repository (file:// URL), setup mounts Drive and
     links runs/ to it; 1 of 2 epochs is trained. Runtime 2: the clone is gone, Drive is kept; 03 run again with
     the same settings continues the run from Drive. The result equals a run trained in one go."""
@@ -210,6 +240,8 @@ def test_colab_clones_trains_into_drive_and_a_new_runtime_continues(shell, colab
     content = tmp_path / "content"
     content.mkdir()
     os.chdir(content)
+    kernel_path(monkeypatch)
+    runtime_lib()  # training above imported lib modules again: the runtime imports its clone's
     url = bare_repository(tmp_path)
     settings = dict(profile="smoke", epochs=2, data_dir=str(smoke_root), **TINY)
     clone, drive, cloud = content / nb.CLONE_NAME, content / "drive" / nb.DRIVE_FOLDER, tmp_path / "cloud"
@@ -218,6 +250,7 @@ def test_colab_clones_trains_into_drive_and_a_new_runtime_continues(shell, colab
     out = capsys.readouterr()
     assert subprocess.run(["git", "-C", str(clone), "remote", "get-url", "origin"], capture_output=True,
                           text=True).stdout.strip() == url
+    assert sys.modules["lib.notebook"].current().root == clone  # lib, and the root it works from: the clone's
     assert "installing" not in out.out  # everything requirements.txt lists is there: nothing installed
     assert (clone / "runs").is_symlink() and (clone / "runs").resolve() == (drive / "runs").resolve()
     assert colab.calls[-1] == ("flush_and_unmount",)  # the end of training pushed everything to Drive
@@ -261,7 +294,7 @@ def test_drive_holds_only_the_run_files_over_a_five_epoch_run(colab, checkout, s
     monkeypatch.chdir(checkout)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(nb, "_session", None)
-    nb.setup(checkout, keep=["runs"])
+    nb.setup("runs", root=checkout)
     remote = checkout.parent / "drive" / nb.DRIVE_FOLDER / "runs" / "tiny"
     local = checkout / nb.LOCAL_RUNS / "runs" / "tiny"
     held, inodes, writes, replaced, removed = set(), defaultdict(set), [], [], []
@@ -310,7 +343,7 @@ def test_kept_files_are_copied_to_drive_after_each_cell_and_back_into_a_new_runt
     monkeypatch.setattr(nb, "_session", None)
     (checkout / "report").mkdir()
     (checkout / "report" / "report.md").write_text("the committed write-up\n")
-    nb.setup(checkout, keep=["runs", "report", "data/cifar_test_nolabel.pkl"])
+    nb.setup("runs", "report", "data/cifar_test_nolabel.pkl", root=checkout)
     drive = checkout.parent / "drive" / nb.DRIVE_FOLDER
     assert "Google Drive:" in capsys.readouterr().out
     (checkout / "report" / "table1.md").write_text("a table\n")
@@ -319,7 +352,7 @@ def test_kept_files_are_copied_to_drive_after_each_cell_and_back_into_a_new_runt
     (drive / "data").mkdir()
     (drive / "data" / "cifar_test_nolabel.pkl").write_bytes(b"kaggle")
     shutil.rmtree(checkout / "report")
-    nb.setup(checkout, keep=["runs", "report", "data/cifar_test_nolabel.pkl"])  # a new runtime: brought back
+    nb.setup("runs", "report", "data/cifar_test_nolabel.pkl", root=checkout)  # a new runtime: brought back
     assert (checkout / "data" / "cifar_test_nolabel.pkl").read_bytes() == b"kaggle"
     assert (checkout / "report" / "table1.md").read_text() == "a table\n"
 
@@ -328,7 +361,7 @@ def test_notebooks_without_runs_do_not_ask_for_drive(colab, checkout, monkeypatc
     monkeypatch.chdir(checkout)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(nb, "_session", None)
-    nb.setup(checkout)
+    nb.setup(root=checkout)
     assert colab.calls == [] and not (checkout / "runs").exists() and nb.current().colab
     assert nb.current().drive is None
 
@@ -340,7 +373,7 @@ PARAMETERS = 'epochs = None\ndropout = None\nwidths: list[int] = None\nruns: lis
 
 
 def test_an_unknown_parameter_stops_in_one_line_before_anything_runs(shell, capsys):
-    run(shell, "import lib.notebook as nb; nb.setup(%r)" % str(REPO))
+    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, PARAMETERS)
     result = run(shell, "# Parameters\nepochs = 5\ndropuot = 0.2\nran = True\n")
     assert not result.success and "ran" not in shell.user_ns and shell.user_ns["epochs"] is None
@@ -349,7 +382,7 @@ def test_an_unknown_parameter_stops_in_one_line_before_anything_runs(shell, caps
 
 
 def test_list_parameters_take_comma_strings(shell):
-    run(shell, "import lib.notebook as nb; nb.setup(%r)" % str(REPO))
+    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, PARAMETERS)
     assert run(shell, '# Parameters\nwidths = "45,90,170,340"\nruns = "runs/a,runs/b"\nepochs = 5\n').success
     assert shell.user_ns["widths"] == [45, 90, 170, 340] and shell.user_ns["runs"] == ["runs/a", "runs/b"]
@@ -363,23 +396,47 @@ def test_comma_list():
         nb.comma_list("45,wide", "list[int]")
 
 
-def test_every_run_config_setting_is_a_parameter_of_03():
+def parameters_cell(name: str) -> str:
+    return next(c.source for c in nbformat.read(REPO / f"notebooks/{name}.ipynb", as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+
+
+def test_every_run_config_setting_can_be_passed_to_03(shell, capsys):
+    """03's parameters cell holds the knobs; papermill -p takes every RunConfig setting besides (checked, comma
+    lists for widths), and a misspelt one stops in one line naming the closest settings."""
     from dataclasses import fields
 
     from lib.config import RunConfig
 
-    names = nb.parameter_names(next(c.source for c in nbformat.read(REPO / "notebooks/03_training.ipynb",
-                                                                     as_version=4).cells
-                                    if "parameters" in c.metadata.get("tags", [])))
-    assert {f.name for f in fields(RunConfig)} <= set(names)
-    assert names["widths"] == "list[int]"
+    cell = parameters_cell("03_training")
+    names = nb.parameter_names(cell)
+    assert len(names) <= 17 and set(names) <= {f.name for f in fields(RunConfig)} | {"runs_dir", "run_name"}
+    run(shell, "import os, lib.notebook as nb; nb.setup(root=%r, run_settings=True)" % str(REPO))
+    run(shell, cell)
+    injected = {f.name: getattr(RunConfig, f.name, None) for f in fields(RunConfig) if f.name not in names}
+    assert len(injected) >= 40  # most settings are not in the cell
+    assert run(shell, "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in injected.items())).success
+    run(shell, cell)  # papermill's injected cell follows the parameters cell
+    assert run(shell, '# Parameters\nwidths = "8,16,32,64"\nlr = 0.05\n').success
+    assert shell.user_ns["widths"] == [8, 16, 32, 64] and shell.user_ns["lr"] == 0.05
+    run(shell, cell)
+    assert not run(shell, "# Parameters\nlabel_smoothng = 0.2\n").success
+    line = one_line(capsys.readouterr().out)
+    assert line.startswith("UserError: papermill -p label_smoothng:") and "did you mean label_smoothing?" in line
+
+
+def test_without_run_settings_a_setting_outside_the_cell_is_unknown(shell, capsys):
+    run(shell, "import os, lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
+    run(shell, parameters_cell("04_results"))
+    assert not run(shell, "# Parameters\nlr = 0.05\n").success
+    assert "this notebook has no parameter lr" in one_line(capsys.readouterr().out)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # One-line errors in the notebook's words
 # --------------------------------------------------------------------------------------------------------------
 def test_a_user_error_is_one_line_other_errors_keep_their_traceback(shell, capsys):
-    run(shell, "import lib.notebook as nb; nb.setup(%r)" % str(REPO))
+    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
     assert not run(shell, "from lib.config import make_config\nmake_config('smoke', epochs=0)").success
     assert one_line(capsys.readouterr().out) == "UserError: epochs = 0: must be >= 1"
     assert not run(shell, "1 / 0").success
@@ -392,7 +449,7 @@ def test_colabs_own_error_handler_keeps_its_exceptions(shell, capsys):
     setup adds UserError to it instead of replacing it."""
     seen = []
     shell.set_custom_exc((ImportError,), lambda shell, etype, value, tb, tb_offset=None: seen.append(etype))
-    run(shell, "import lib.notebook as nb; nb.setup(%r)" % str(REPO))
+    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, "import no_such_module_here")
     assert seen == [ModuleNotFoundError]
     run(shell, "from lib.config import make_config\nmake_config('smoke', epochs=0)")
@@ -527,6 +584,40 @@ def test_make_colab_links_fills_the_badges_and_the_clone_url(tmp_path):
     for path in (tmp_path / "notebooks").glob("*.ipynb"):
         cells = nbformat.read(path, as_version=4).cells
         assert "https://colab.research.google.com/github/alice/cifar-resnets/blob/main/notebooks/" in cells[0].source
-        assert 'REPO_URL = "https://github.com/alice/cifar-resnets.git"' in first_cell(path)
+        assert 'CLONE = "git clone -q --depth=1 https://github.com/alice/cifar-resnets.git cifar10"' in first_cell(path)
         nbformat.validate(nbformat.read(path, as_version=4))
         ast.parse(first_cell(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Notebooks 04-06: which runs and which checkpoint (without training: the smoke run is there)
+# --------------------------------------------------------------------------------------------------------------
+def test_the_runs_and_the_checkpoint_notebooks_04_to_06_take(tmp_path, capsys):
+    from test_report import FULL, fake_run
+
+    runs = tmp_path / "runs"
+    fake_run(runs / "r64_old", "robust_resnet64", [0.5, 0.6], written=1000)
+    fake_run(runs / "r64_new", "robust_resnet64", [0.3], written=2000)  # the newest, and the worst
+    fake_run(runs / "lr18_full", "light_resnet18", FULL + [0.55])  # all 300 epochs: a reproduction
+    fake_run(runs / "lr18_smoke_like", "light_resnet18", [0.9], profile="smoke", data_source="synthetic")
+    for run in runs.iterdir():
+        (run / "best.pt").write_bytes(b"")
+    # 04: the newest paper-profile run of each model, never the best; or what it is given
+    assert sorted(p.name for p in nb.report_runs("paper", "robust_resnet64", None, runs)) == ["lr18_full", "r64_new"]
+    assert nb.report_runs("paper", "robust_resnet64", ["runs/a", "runs/b"]) == [Path("runs/a"), Path("runs/b")]
+    smoke = runs / "light_resnet18_smoke"
+    smoke.mkdir()
+    (smoke / "best.pt").write_bytes(b"")
+    assert nb.report_runs("smoke", "light_resnet18", None, runs) == [smoke]  # there: not trained again
+    assert "no smoke run" not in capsys.readouterr().out
+    assert nb.output_dirs("smoke") == ("scratch/smoke/figures", "scratch/smoke/report")
+    assert nb.output_dirs("paper") == ("figures", "report") and nb.output_dirs("paper", "f", "r") == ("f", "r")
+    # 05 and 06: a real run first (lr18_full: 0.55 at best, below r64_old), else the best validation accuracy
+    assert nb.best_checkpoint("paper", "robust_resnet64", runs) == runs / "lr18_full" / "best.pt"
+    shutil.rmtree(runs / "lr18_full")
+    assert nb.best_checkpoint("paper", "robust_resnet64", runs) == runs / "r64_old" / "best.pt"
+    assert nb.best_checkpoint("smoke", "light_resnet18", runs) == smoke / "best.pt"
+    assert nb.best_checkpoint("paper", "x", runs, run_name="r64_new") == runs / "r64_new" / "best.pt"
+    assert nb.best_checkpoint("paper", "x", runs, "r64_new", checkpoint="my.pt") == Path("my.pt")
+    with pytest.raises(UserError, match="no paper-profile run with a best.pt"):
+        nb.best_checkpoint("paper", "robust_resnet64", tmp_path / "empty")

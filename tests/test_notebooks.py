@@ -36,17 +36,19 @@ CI_MODEL = "light_resnet18"
 SMOKE_RUN = f"runs/{CI_MODEL}_smoke"  # the run folder 03 names for the smoke profile; 04 and 05 look for it
 # 03 runs with overrides, so its run gets a folder of its own (one per setting) and the overrides can be checked
 # in it; 04 then finds no SMOKE_RUN and trains it itself, as on a fresh Colab runtime; 05 predicts with that run.
-OVERRIDE_RUN = f"runs/{CI_MODEL}_smoke_dropout0.2_epochs1"
-# 03 runs as its header says (on a fresh clone), with the chain's own -p after the header's
-CHAIN_PARAMS = {"03_training": {"model": CI_MODEL, "epochs": 1},
+OVERRIDE_RUN = f"runs/{CI_MODEL}_smoke_dropout0.2_epochs1_lr0.05"
+# 03 runs as its header says (on a fresh clone), with the chain's own -p after the header's; lr is a RunConfig
+# setting its parameters cell does not list
+CHAIN_PARAMS = {"03_training": {"model": CI_MODEL, "epochs": 1, "lr": 0.05},
                 "04_results": {"model": CI_MODEL},
                 "05_kaggle_submission": {"model": CI_MODEL},
                 "06_analysis": {"model": CI_MODEL},
                 "07_sweep": {"model": CI_MODEL}}
 TYPO = "02_with_a_typo"  # 02 executed with -p batch_sise 4 (its parameter is batch_size)
+TYPO_03 = "03_with_a_typo"  # 03 executed with -p label_smoothng 0.2 (a RunConfig setting: label_smoothing)
 SMOKE_OUT = "scratch/smoke"  # where 04 and 05 put a smoke report and submission (never figures/ or report/)
 TIMEOUT = 900  # seconds per subprocess: generous for a loaded 2-core CI machine
-# what notebook 03 adds to the RunConfig settings (every one of which it exposes, named as in `python -m lib.train`)
+# what notebook 03's parameters add to the RunConfig settings (named as in `python -m lib.train`)
 NOTEBOOK_03_ONLY = {"runs_dir", "run_name"}
 # values a parameters cell may read from the environment (for tools that cannot inject parameters)
 FROM_ENVIRONMENT = {"profile": ("CIFAR_PROFILE", "paper"), "model": ("CIFAR_MODEL", "robust_resnet64")}
@@ -108,12 +110,16 @@ def test_parameters_are_plain_literals(name):
             ast.literal_eval(value)  # raises on anything but a literal
 
 
-def test_training_parameters_are_every_run_config_setting():
-    """Every RunConfig setting is a parameter of 03 (papermill -p NAME VALUE), None by default (the profile's
-    value), but for the profile and model (from the environment), download and resume ("auto")."""
+def test_training_parameters_are_the_knobs_and_run_config_settings():
+    """03's parameters cell holds the knobs a student turns (about 15), each a RunConfig setting or where the run
+    folder goes, None by default (the profile's value) but for the profile and model (from the environment),
+    download, resume ("auto") and runs_dir; every other setting is a papermill -p away (test_notebook_setup.py and
+    the chain's -p lr)."""
     params = parameters(read("03_training"))
-    run_config = {f.name for f in fields(RunConfig)}
-    assert set(params) == run_config | NOTEBOOK_03_ONLY
+    assert len(params) <= 17
+    assert set(params) <= {f.name for f in fields(RunConfig)} | NOTEBOOK_03_ONLY
+    assert {"profile", "model", "epochs", "dropout", "blocks_per_group", "base_channels", "run_name", "resume",
+            "stop_after_epochs", "time_limit"} <= set(params)
     defaults = {k: ast.literal_eval(v) for k, v in params.items() if k not in FROM_ENVIRONMENT}
     assert defaults.pop("download") is True and defaults.pop("resume") == "auto" and defaults.pop("runs_dir") == "runs"
     assert set(defaults.values()) == {None}
@@ -208,7 +214,8 @@ def header_command(name: str) -> list[str]:
     return [line.strip() for line in title.splitlines() if line.startswith("    ")]
 
 
-def papermill_as_in_header(clone: Path, name: str, env: dict[str, str], **params) -> tuple[Path, subprocess.CompletedProcess]:
+def papermill_as_in_header(clone: Path, name: str, env: dict[str, str],
+                           **params) -> tuple[Path, subprocess.CompletedProcess]:
     """NAME's own header command, run by a shell in the clone, with the chain's -p after the header's (papermill: the
     last value wins). Returns the executed notebook's path and the result."""
     mkdir, command = header_command(name)[:2]
@@ -248,9 +255,11 @@ def chain(tmp_path_factory) -> Chain:
                                                                               **CHAIN_PARAMS[name])
         else:
             result.results[name] = papermill(result.clone, name, result.out_dir, env, **CHAIN_PARAMS.get(name, {}))
-    # and a -p name 02 does not have: papermill itself only warns
+    # and a -p name 02 does not have, a misspelt setting for 03: papermill itself only warns
     result.results[TYPO] = papermill(result.clone, "02_architectures", result.out_dir, env, out_name=TYPO,
                                      batch_sise=4)
+    result.results[TYPO_03] = papermill(result.clone, "03_training", result.out_dir, env, out_name=TYPO_03,
+                                        model=CI_MODEL, label_smoothng=0.2)
     return result
 
 
@@ -272,29 +281,32 @@ def test_chain_runs_every_notebook(chain, name):
 
 
 @chain_check
-def test_an_unknown_parameter_stops_papermill_before_anything_runs(chain):
-    """papermill -p batch_sise 4: papermill warns and injects it; the notebook stops at the injected cell with one
-    line naming batch_size, and no cell after it ran."""
-    proc = chain.results[TYPO]
+@pytest.mark.parametrize("typo, meant", [(TYPO, "batch_size"), (TYPO_03, "label_smoothing")])
+def test_an_unknown_parameter_stops_papermill_before_anything_runs(chain, typo, meant):
+    """papermill -p batch_sise 4 (02), -p label_smoothng 0.2 (03, which takes every RunConfig setting): papermill
+    warns and injects it; the notebook stops at the injected cell with one line naming the meant one, and no cell
+    after it ran."""
+    proc = chain.results[typo]
     assert proc.returncode != 0
-    executed = nbformat.read(chain.out_dir / f"{TYPO}.ipynb", as_version=4)
+    executed = nbformat.read(chain.out_dir / f"{typo}.ipynb", as_version=4)
     cells = code_cells(executed)
     injected = next(i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", []))
     [error] = [o for o in cells[injected].outputs if o.output_type == "error"]
-    assert error.traceback == [f"UserError: {error.evalue}"] and "did you mean batch_size?" in error.evalue
+    assert error.traceback == [f"UserError: {error.evalue}"] and f"did you mean {meant}?" in error.evalue
     assert all(c.execution_count is None and not c.outputs for c in cells[injected + 1:])
 
 
 @chain_check
 def test_overrides_reach_the_run(chain):
     """03's header command (`mkdir -p scratch && papermill ... -p epochs 5 -p dropout 0.2`) on a fresh clone, with
-    the chain's -p epochs 1 after it: the run's config.json shows both settings."""
+    the chain's -p epochs 1 -p lr 0.05 after it: the run's config.json shows every setting."""
     text = stream_text(chain.executed("03_training"))
     assert "epoch   1/1" in text
     assert "\r" not in text and "it/s" not in text  # headless: no progress bars in the output
     run = chain.clone / OVERRIDE_RUN  # one folder per setting
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 1 and config["dropout"] == 0.2 and config["profile"] == "smoke"
+    assert config["lr"] == 0.05  # -p lr: a RunConfig setting the parameters cell does not list
     assert config["model"] == CI_MODEL and config["data_source"] == "synthetic"
     assert config["model_config"]["dropout"] == 0.2  # reached the model, not just the record
     with open(run / "history.csv") as f:

@@ -294,7 +294,7 @@ def dashed(ax):
     return {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() == "--"}
 
 
-def test_figure_shows_the_run_with_the_original_logs_same_epochs_dashed(tmp_path):
+def test_figure_shows_the_run_on_its_whole_schedule_with_the_whole_original_log_dashed(tmp_path):
     run = load_run(fake_run(tmp_path / "r64_3", "robust_resnet64", [0.40, 0.55, 0.62], epochs=300))
     fig = plot_figure1(run)
     ax = fig.axes[0]
@@ -311,9 +311,14 @@ def test_figure_shows_the_run_with_the_original_logs_same_epochs_dashed(tmp_path
     # 57.41, 65.17 (the best so far is the same here: it rises every epoch)
     train_log = logged["Original run's log: training accuracy"]
     best_log = logged["Original run's log: best validation accuracy so far"]
-    assert list(train_log.get_xdata()) == [1, 2, 3] and list(best_log.get_xdata()) == [1, 2, 3]
-    assert list(train_log.get_ydata()) == pytest.approx([23.37, 37.30, 42.90])
-    assert list(best_log.get_ydata()) == pytest.approx([45.63, 57.41, 65.17])
+    # the whole original run, epochs 1..300, on the x axis of this run's 300-epoch schedule; ours: its 3 epochs
+    assert list(train_log.get_xdata()) == list(range(1, 301)) and list(best_log.get_xdata()) == list(range(1, 301))
+    assert list(train_line.get_xdata()) == [1, 2, 3] and list(best_line.get_xdata()) == [1, 2, 3]
+    low, high = ax.get_xlim()
+    assert low <= 1 and high >= 300
+    assert list(train_log.get_ydata()[:3]) == pytest.approx([23.37, 37.30, 42.90])
+    assert list(best_log.get_ydata()[:3]) == pytest.approx([45.63, 57.41, 65.17])
+    assert max(best_log.get_ydata()) == pytest.approx(96.93)  # the report's best, reached at epoch 292
     assert train_log.get_color() == "green" and best_log.get_color() == "blue"
     assert train_log.get_linewidth() < train_line.get_linewidth()
     assert train_line.get_label() == "Training accuracy"
@@ -321,6 +326,21 @@ def test_figure_shows_the_run_with_the_original_logs_same_epochs_dashed(tmp_path
     assert legend.get_title().get_text() == ("dashed: AlperMumcular/DL-Project1 @ 0a11187, "
                                              "0.87709 - Best Model/0_87709.ipynb")
     assert ax.get_title().startswith(f"{NOT_A_REPRODUCTION} (3 of 300 epochs) — RobustResNet64: CIFAR-10")
+
+
+def test_figure_of_one_epoch_shows_where_the_schedule_goes_and_a_short_schedule_stays_short(tmp_path):
+    one = plot_figure1(load_run(fake_run(tmp_path / "r64_1", "robust_resnet64", [0.45], epochs=300)))
+    ax = one.axes[0]
+    solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert [len(line.get_xdata()) for line in solid] == [1, 1]  # a point each, drawn with a marker
+    assert all(line.get_marker() == "o" for line in solid)
+    assert [len(line.get_xdata()) for line in dashed(ax).values()] == [300, 300]
+    assert ax.get_xlim()[1] >= 300 and "(1 of 300 epochs)" in ax.get_title()
+    # a 2-epoch schedule (the smoke profile's) is drawn over its 2 epochs, the log's first 2 beside it
+    two = plot_figure1(load_run(fake_run(tmp_path / "r64_2", "robust_resnet64", [0.3, 0.4])))
+    ax = two.axes[0]
+    assert [list(line.get_xdata()) for line in dashed(ax).values()] == [[1, 2], [1, 2]]
+    assert ax.get_xlim() == pytest.approx((0.5, 2.5))
 
 
 def test_figure_full_run_log_and_models_without_or_with_a_holdout_log(tmp_path):
@@ -470,3 +490,13 @@ def test_config_json_keys_used_by_the_report_exist(smoke_run):
     assert run.epochs_done == 2 and not run.is_real and 0 <= run.best_val_acc <= 1
     assert run.precision == "fp32" and run.device_label == "CPU"
     assert not any(s.startswith("not recorded") for s in run.shortfalls()), "lib.train records every setting"
+
+
+def test_committed_runs_written_before_se_reduction_was_0_keep_their_rows():
+    """report/runs/cpu_robust_resnet64 recorded "no SE" as se_reduction null: it is still RobustResNet64's run,
+    1 of 300 epochs and nothing else, not a custom architecture."""
+    runs = [load_run(REPO / "report/runs/cpu_robust_resnet64"),
+            load_run(REPO / "report/runs/cpu_light_resnet18_holdout")]
+    assert runs[0].model_config["se_reduction"] is None and runs[0].shortfalls() == ["1 of 300 epochs"]
+    table = table1(runs)
+    assert len(table) == 4 and row(table, "RobustResNet64")["Source"].endswith("[cpu_robust_resnet64]")
