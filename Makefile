@@ -87,7 +87,7 @@ reproduce: venv
 sweep: venv
 	$(PY) -m lib.scale.sweep --profile $(SWEEP_PROFILE) --model $(SWEEP_MODEL) $(addprefix --param ,$(SWEEP_PARAMS)) \
 		$(if $(SWEEP_ADDRESS),--address $(SWEEP_ADDRESS)) --out $(SWEEP_DIR) --resume $(SWEEP_ARGS)
-	$(PY) -m lib.report --sweep $(SWEEP_DIR) --figures $(SWEEP_OUT)figures --report $(SWEEP_OUT)report
+	$(PY) -m lib.scale.sweep_report $(SWEEP_DIR) --figures $(SWEEP_OUT)figures --report $(SWEEP_OUT)report
 
 # JupyterLab on the repository, in the project's environment, opened at notebooks/ (LAB_ARGS: e.g. --port 8889,
 # or --allow-root inside a container).

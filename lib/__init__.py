@@ -14,11 +14,11 @@ The report's core, in the order data flows (a module imports only those above it
     checkpoint    the run folder: checkpoints, history.csv, resume checks, each epoch's files
     train         one run: the loop over epochs (torchrun: lib.scale.distributed)   python -m lib.train --help
     predict       flip-TTA predictions, a Kaggle submission   python -m lib.predict --help
-    runs          run folders as the report reads them
-    reference     the original team's logs (report/reference/), beside our runs in Figure 1
+    runs          run folders as the report reads them, and the original team's logs (report/reference/)
     report        Figure 1 and Table 1        python -m lib.report --help
 
-Beside it, each concern in its own package: ``lib.colab`` (notebook set-up, Google Drive), ``lib.scale`` (Ray Tune
-sweeps, torchrun), ``lib.analysis`` (failures, calibration, corruptions), ``lib.bench`` (speed, ``make gpu-check``).
+Beside it, each concern in its own package, importing the core and never imported by it (torchrun aside):
+``lib.colab`` (the notebooks' set-up, what they call, Google Drive), ``lib.scale`` (Ray Tune sweeps, torchrun),
+``lib.analysis`` (failures, calibration, corruptions), ``lib.bench`` (speed, ``make gpu-check``).
 """
 __version__ = "0.1.0"

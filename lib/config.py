@@ -237,7 +237,7 @@ MODEL_FIELDS = fields_of("architecture")
 RESUME_MAY_CHANGE = frozenset(fields_of("length", "execution"))
 # What does not count against a reproduction (lib.runs): the above and the same recipe by another route.
 NOT_COUNTED = frozenset(fields_of("length", "numerics", "execution"))
-# What does not name a run folder (lib.notebook.default_run_name): the model and profile name it first.
+# What does not name a run folder (lib.colab.notebook.default_run_name): the model and profile name it first.
 NOT_IN_RUN_NAME = frozenset(fields_of("run", "length", "execution"))
 
 
@@ -295,7 +295,8 @@ def load_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
 def add_config_arguments(parser, skip: tuple[str, ...] = ()) -> None:
     """One ``--kebab-case`` option per RunConfig field, in one --help group per kind; defaults are None so
     profiles can fill them."""
-    groups = {kind: parser.add_argument_group(title) for kind, title in KINDS.items()}
+    nested = isinstance(parser, argparse._ArgumentGroup)  # a group in a group is deprecated: options go straight in
+    groups = {kind: parser if nested else parser.add_argument_group(title) for kind, title in KINDS.items()}
     for f in fields(RunConfig):
         if f.name in skip:
             continue

@@ -1,4 +1,4 @@
-"""lib.notebook, the notebooks' set-up, and each notebook's first cell: as on Colab (google.colab faked, Drive mounted
+"""lib.colab.notebook, the notebooks' set-up, and each notebook's first cell: as on Colab (google.colab faked, Drive mounted
 into a temporary folder, the repository cloned from a local bare repository by file:// URL, a second runtime
 continuing the first one's run from Drive) and elsewhere (Jupyter, papermill). Cells run in an in-process IPython
 shell, so the input transformer and the exception handler that setup() installs are IPython's own code paths."""
@@ -22,8 +22,9 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 from traitlets.config import Config
 
-import lib.drive
-import lib.notebook as nb
+import lib.colab.drive
+import lib.colab.notebook as nb
+import lib.colab.runs as nbruns
 from lib.common import UserError
 from lib.config import make_config
 from lib.train import _show_progress, train
@@ -169,12 +170,12 @@ def test_first_cell_is_short_shared_and_calls_setup():
     for name, source in cells.items():
         lines = source.splitlines()
         assert len(lines) <= 4 and max(map(len, lines)) <= 100, f"{name}: {len(lines)} lines"
-        assert lines[-1].startswith("from lib.notebook import setup; setup(") and lines[-1].endswith(")"), name
+        assert lines[-1].startswith("from lib.colab.notebook import setup; setup(") and lines[-1].endswith(")"), name
         assert source.count(PLACEHOLDER) == 1, name
     bodies = {"\n".join(s.splitlines()[:-1]) for s in cells.values()}
     assert len(bodies) == 1, "one first cell in every notebook; only the setup() call differs"
-    assert f" {nb.CLONE_NAME}\"" in next(iter(bodies)), "the cell clones into lib.notebook.CLONE_NAME"
-    assert nb.MARKER == "lib/notebook.py" and (REPO / nb.MARKER).is_file()
+    assert f" {nb.CLONE_NAME}\"" in next(iter(bodies)), "the cell clones into lib.colab.notebook.CLONE_NAME"
+    assert nb.MARKER == "lib/colab/notebook.py" and (REPO / nb.MARKER).is_file()
 
 
 def kernel_path(monkeypatch) -> None:
@@ -192,7 +193,7 @@ def test_first_cell_outside_colab_works_from_the_repository_root(shell, start, m
     kernel_path(monkeypatch)
     monkeypatch.chdir(REPO / start)
     assert run(shell, first_cell(REPO / "notebooks" / "03_training.ipynb")).success
-    session = sys.modules["lib.notebook"].current()
+    session = sys.modules["lib.colab.notebook"].current()
     assert Path.cwd() == REPO and sys.path[0] == str(REPO) and session.root == REPO
     assert Path(sys.modules["lib"].__file__).resolve() == REPO / "lib" / "__init__.py"
     assert session.drive is None and not session.colab
@@ -250,7 +251,7 @@ def test_colab_clones_trains_into_drive_and_a_new_runtime_continues(shell, colab
     out = capsys.readouterr()
     assert subprocess.run(["git", "-C", str(clone), "remote", "get-url", "origin"], capture_output=True,
                           text=True).stdout.strip() == url
-    assert sys.modules["lib.notebook"].current().root == clone  # lib, and the root it works from: the clone's
+    assert sys.modules["lib.colab.notebook"].current().root == clone  # lib, and the root it works from: the clone's
     assert "installing" not in out.out  # everything requirements.txt lists is there: nothing installed
     assert (clone / "runs").is_symlink() and (clone / "runs").resolve() == (drive / "runs").resolve()
     assert colab.calls[-1] == ("flush_and_unmount",)  # the end of training pushed everything to Drive
@@ -280,7 +281,7 @@ def test_colab_clones_trains_into_drive_and_a_new_runtime_continues(shell, colab
 def checkout(tmp_path) -> Path:
     """What setup() needs of a checkout: the marker and requirements.txt (lib itself is this process's)."""
     root = tmp_path / "content" / nb.CLONE_NAME
-    (root / "lib").mkdir(parents=True)
+    (root / nb.MARKER).parent.mkdir(parents=True)
     shutil.copy2(REPO / nb.MARKER, root / nb.MARKER)
     shutil.copy2(REPO / "requirements.txt", root / "requirements.txt")
     return root
@@ -296,9 +297,9 @@ def test_drive_holds_only_the_run_files_over_a_five_epoch_run(colab, checkout, s
     monkeypatch.setattr(nb, "_session", None)
     nb.setup("runs", root=checkout)
     remote = checkout.parent / "drive" / nb.DRIVE_FOLDER / "runs" / "tiny"
-    local = checkout / nb.LOCAL_RUNS / "runs" / "tiny"
+    local = checkout / nbruns.LOCAL_RUNS / "runs" / "tiny"
     held, inodes, writes, replaced, removed = set(), defaultdict(set), [], [], []
-    copy, real_open, real_replace, real_rename, real_unlink = (lib.drive.copy_in_place, open, os.replace,
+    copy, real_open, real_replace, real_rename, real_unlink = (lib.colab.drive.copy_in_place, open, os.replace,
                                                                os.rename, os.unlink)
 
     def watched(src, dst):
@@ -315,12 +316,12 @@ def test_drive_holds_only_the_run_files_over_a_five_epoch_run(colab, checkout, s
                 raise OSError(28, "No space left on device")
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(lib.drive, "copy_in_place", watched)
+    monkeypatch.setattr(lib.colab.drive, "copy_in_place", watched)
     monkeypatch.setattr("builtins.open", full_once)
     monkeypatch.setattr(os, "replace", lambda a, b, **kw: (replaced.append(str(b)), real_replace(a, b, **kw))[1])
     monkeypatch.setattr(os, "rename", lambda a, b, **kw: (replaced.append(str(b)), real_rename(a, b, **kw))[1])
     monkeypatch.setattr(os, "unlink", lambda p, **kw: (removed.append(str(p)), real_unlink(p, **kw))[1])
-    summary = nb.train(make_config("smoke", epochs=5, data_dir=str(smoke_root), out="runs/tiny", **TINY))
+    summary = nbruns.train(make_config("smoke", epochs=5, data_dir=str(smoke_root), out="runs/tiny", **TINY))
     monkeypatch.setattr(os, "replace", real_replace)
     monkeypatch.setattr(os, "rename", real_rename)
     monkeypatch.setattr(os, "unlink", real_unlink)
@@ -373,7 +374,7 @@ PARAMETERS = 'epochs = None\ndropout = None\nwidths: list[int] = None\nruns: lis
 
 
 def test_an_unknown_parameter_stops_in_one_line_before_anything_runs(shell, capsys):
-    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
+    run(shell, "import lib.colab.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, PARAMETERS)
     result = run(shell, "# Parameters\nepochs = 5\ndropuot = 0.2\nran = True\n")
     assert not result.success and "ran" not in shell.user_ns and shell.user_ns["epochs"] is None
@@ -382,7 +383,7 @@ def test_an_unknown_parameter_stops_in_one_line_before_anything_runs(shell, caps
 
 
 def test_list_parameters_take_comma_strings(shell):
-    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
+    run(shell, "import lib.colab.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, PARAMETERS)
     assert run(shell, '# Parameters\nwidths = "45,90,170,340"\nruns = "runs/a,runs/b"\nepochs = 5\n').success
     assert shell.user_ns["widths"] == [45, 90, 170, 340] and shell.user_ns["runs"] == ["runs/a", "runs/b"]
@@ -411,7 +412,7 @@ def test_every_run_config_setting_can_be_passed_to_03(shell, capsys):
     cell = parameters_cell("03_training")
     names = nb.parameter_names(cell)
     assert len(names) <= 17 and set(names) <= {f.name for f in fields(RunConfig)} | {"runs_dir", "run_name"}
-    run(shell, "import os, lib.notebook as nb; nb.setup(root=%r, run_settings=True)" % str(REPO))
+    run(shell, "import os, lib.colab.notebook as nb; nb.setup(root=%r, run_settings=True)" % str(REPO))
     run(shell, cell)
     injected = {f.name: getattr(RunConfig, f.name, None) for f in fields(RunConfig) if f.name not in names}
     assert len(injected) >= 40  # most settings are not in the cell
@@ -426,7 +427,7 @@ def test_every_run_config_setting_can_be_passed_to_03(shell, capsys):
 
 
 def test_without_run_settings_a_setting_outside_the_cell_is_unknown(shell, capsys):
-    run(shell, "import os, lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
+    run(shell, "import os, lib.colab.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, parameters_cell("04_results"))
     assert not run(shell, "# Parameters\nlr = 0.05\n").success
     assert "this notebook has no parameter lr" in one_line(capsys.readouterr().out)
@@ -436,7 +437,7 @@ def test_without_run_settings_a_setting_outside_the_cell_is_unknown(shell, capsy
 # One-line errors in the notebook's words
 # --------------------------------------------------------------------------------------------------------------
 def test_a_user_error_is_one_line_other_errors_keep_their_traceback(shell, capsys):
-    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
+    run(shell, "import lib.colab.notebook as nb; nb.setup(root=%r)" % str(REPO))
     assert not run(shell, "from lib.config import make_config\nmake_config('smoke', epochs=0)").success
     assert one_line(capsys.readouterr().out) == "UserError: epochs = 0: must be >= 1"
     assert not run(shell, "1 / 0").success
@@ -449,7 +450,7 @@ def test_colabs_own_error_handler_keeps_its_exceptions(shell, capsys):
     setup adds UserError to it instead of replacing it."""
     seen = []
     shell.set_custom_exc((ImportError,), lambda shell, etype, value, tb, tb_offset=None: seen.append(etype))
-    run(shell, "import lib.notebook as nb; nb.setup(root=%r)" % str(REPO))
+    run(shell, "import lib.colab.notebook as nb; nb.setup(root=%r)" % str(REPO))
     run(shell, "import no_such_module_here")
     assert seen == [ModuleNotFoundError]
     run(shell, "from lib.config import make_config\nmake_config('smoke', epochs=0)")
@@ -476,45 +477,45 @@ def test_resume_auto(tmp_path, smoke_root, monkeypatch):
     monkeypatch.setattr(nb, "_session", None)
     out = tmp_path / "run"
     cfg = make_config("smoke", epochs=2, data_dir=str(smoke_root), out=str(out), **TINY)
-    assert nb.resume_setting("auto", cfg) is False  # nothing there: a new run
+    assert nbruns.resume_setting("auto", cfg) is False  # nothing there: a new run
     train(make_config("smoke", epochs=2, stop_after_epochs=1, data_dir=str(smoke_root), out=str(out), **TINY))
-    assert nb.resume_setting("auto", cfg) is True  # the same settings: continue
+    assert nbruns.resume_setting("auto", cfg) is True  # the same settings: continue
     before = (out / "last.pt").read_bytes()
     other = make_config("smoke", epochs=2, lr=0.05, data_dir=str(smoke_root), out=str(out), **TINY)
     with pytest.raises(UserError) as exc:
-        nb.resume_setting("auto", other)
+        nbruns.resume_setting("auto", other)
     message = str(exc.value)
     assert "already holds another run" in message and "lr 0.1 -> 0.05" in message and "--" not in message
     assert (out / "last.pt").read_bytes() == before  # left as it is
-    assert nb.resume_setting(False, cfg) is False and nb.resume_setting(True, other) is True
+    assert nbruns.resume_setting(False, cfg) is False and nbruns.resume_setting(True, other) is True
     with pytest.raises(UserError, match="expected"):
-        nb.resume_setting("yes", cfg)
+        nbruns.resume_setting("yes", cfg)
 
 
 def test_run_config_names_one_folder_per_setting(monkeypatch):
     monkeypatch.setattr(nb, "_session", None)
     monkeypatch.delenv("CIFAR_PROFILE", raising=False)
     base = dict(profile="smoke", model="light_resnet18", runs_dir="somewhere", resume=False)
-    cfg = nb.run_config({**base, "epochs": 1, "dropout": 0.2, "widths": [8, 16, 32, 64]})
+    cfg = nbruns.run_config({**base, "epochs": 1, "dropout": 0.2, "widths": [8, 16, 32, 64]})
     assert cfg.out == str(Path("somewhere", "light_resnet18_smoke_dropout0.2_widths8-16-32-64_epochs1"))
     assert cfg.progress is True and cfg.resume is False
     # how much of the schedule runs now, and where, are no new run
-    again = nb.run_config({**base, "epochs": 1, "dropout": 0.2, "widths": [8, 16, 32, 64], "stop_after_epochs": 1,
+    again = nbruns.run_config({**base, "epochs": 1, "dropout": 0.2, "widths": [8, 16, 32, 64], "stop_after_epochs": 1,
                            "device": "cpu", "time_limit": 5.0})
     assert again.out == cfg.out
-    assert nb.run_config({**base, "run_name": "mine"}).out == str(Path("somewhere", "mine"))
+    assert nbruns.run_config({**base, "run_name": "mine"}).out == str(Path("somewhere", "mine"))
     with pytest.raises(UserError, match="epochs"):
-        nb.run_config({**base, "epochs": 0})
+        nbruns.run_config({**base, "epochs": 0})
 
 
 def test_the_paper_profile_on_a_cpu_colab_runtime_stops_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     colab = nb.Session(REPO, colab=True)
     with pytest.raises(UserError, match="Runtime > Change runtime type"):
-        nb.check_runtime(make_config("paper"), colab)
-    nb.check_runtime(make_config("paper", device="cpu"), colab)  # asked for
-    nb.check_runtime(make_config("smoke"), colab)
-    nb.check_runtime(make_config("paper"), nb.Session(REPO))  # not Colab
+        nbruns.check_runtime(make_config("paper"), colab)
+    nbruns.check_runtime(make_config("paper", device="cpu"), colab)  # asked for
+    nbruns.check_runtime(make_config("smoke"), colab)
+    nbruns.check_runtime(make_config("paper"), nb.Session(REPO))  # not Colab
 
 
 def test_progress_bars_in_colabs_shell(monkeypatch):
@@ -603,21 +604,21 @@ def test_the_runs_and_the_checkpoint_notebooks_04_to_06_take(tmp_path, capsys):
     for run in runs.iterdir():
         (run / "best.pt").write_bytes(b"")
     # 04: the newest paper-profile run of each model, never the best; or what it is given
-    assert sorted(p.name for p in nb.report_runs("paper", "robust_resnet64", None, runs)) == ["lr18_full", "r64_new"]
-    assert nb.report_runs("paper", "robust_resnet64", ["runs/a", "runs/b"]) == [Path("runs/a"), Path("runs/b")]
+    assert sorted(p.name for p in nbruns.report_runs("paper", "robust_resnet64", None, runs)) == ["lr18_full", "r64_new"]
+    assert nbruns.report_runs("paper", "robust_resnet64", ["runs/a", "runs/b"]) == [Path("runs/a"), Path("runs/b")]
     smoke = runs / "light_resnet18_smoke"
     smoke.mkdir()
     (smoke / "best.pt").write_bytes(b"")
-    assert nb.report_runs("smoke", "light_resnet18", None, runs) == [smoke]  # there: not trained again
+    assert nbruns.report_runs("smoke", "light_resnet18", None, runs) == [smoke]  # there: not trained again
     assert "no smoke run" not in capsys.readouterr().out
-    assert nb.output_dirs("smoke") == ("scratch/smoke/figures", "scratch/smoke/report")
-    assert nb.output_dirs("paper") == ("figures", "report") and nb.output_dirs("paper", "f", "r") == ("f", "r")
+    assert nbruns.output_dirs("smoke") == ("scratch/smoke/figures", "scratch/smoke/report")
+    assert nbruns.output_dirs("paper") == ("figures", "report") and nbruns.output_dirs("paper", "f", "r") == ("f", "r")
     # 05 and 06: a real run first (lr18_full: 0.55 at best, below r64_old), else the best validation accuracy
-    assert nb.best_checkpoint("paper", "robust_resnet64", runs) == runs / "lr18_full" / "best.pt"
+    assert nbruns.best_checkpoint("paper", "robust_resnet64", runs) == runs / "lr18_full" / "best.pt"
     shutil.rmtree(runs / "lr18_full")
-    assert nb.best_checkpoint("paper", "robust_resnet64", runs) == runs / "r64_old" / "best.pt"
-    assert nb.best_checkpoint("smoke", "light_resnet18", runs) == smoke / "best.pt"
-    assert nb.best_checkpoint("paper", "x", runs, run_name="r64_new") == runs / "r64_new" / "best.pt"
-    assert nb.best_checkpoint("paper", "x", runs, "r64_new", checkpoint="my.pt") == Path("my.pt")
+    assert nbruns.best_checkpoint("paper", "robust_resnet64", runs) == runs / "r64_old" / "best.pt"
+    assert nbruns.best_checkpoint("smoke", "light_resnet18", runs) == smoke / "best.pt"
+    assert nbruns.best_checkpoint("paper", "x", runs, run_name="r64_new") == runs / "r64_new" / "best.pt"
+    assert nbruns.best_checkpoint("paper", "x", runs, "r64_new", checkpoint="my.pt") == Path("my.pt")
     with pytest.raises(UserError, match="no paper-profile run with a best.pt"):
-        nb.best_checkpoint("paper", "robust_resnet64", tmp_path / "empty")
+        nbruns.best_checkpoint("paper", "robust_resnet64", tmp_path / "empty")

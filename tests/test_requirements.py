@@ -1,5 +1,5 @@
 """requirements.txt holds only what lib/ and the notebooks import, and Colab already has all of it: the notebooks'
-set-up (lib.notebook) installs only what is missing and never changes a preinstalled package."""
+set-up (lib.colab.notebook) installs only what is missing and never changes a preinstalled package."""
 from __future__ import annotations
 
 import ast
@@ -97,7 +97,7 @@ def test_development_tools_are_apart():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# What lib.notebook.setup() installs on Colab (tests/test_notebook_setup.py runs the first cells themselves)
+# What lib.colab.notebook.setup() installs on Colab (tests/test_notebook_setup.py runs the first cells themselves)
 # --------------------------------------------------------------------------------------------------------------
 def colab_version(installed: dict[str, str]):
     def version(name):
@@ -108,14 +108,14 @@ def colab_version(installed: dict[str, str]):
 
 
 def test_setup_installs_nothing_on_colab():
-    from lib.notebook import missing_requirements
+    from lib.colab.notebook import missing_requirements
 
     lines = (REPO / "requirements.txt").read_text().splitlines()
     assert missing_requirements(lines, colab_version({**COLAB, **COLAB_PINNED})) == ([], [])
 
 
 def test_setup_installs_only_what_is_missing_and_says_what_it_leaves():
-    from lib.notebook import missing_requirements
+    from lib.colab.notebook import missing_requirements
 
     colab = {**COLAB, "numpy": "1.23.5"}  # older than requirements.txt asks: reported, left alone
     del colab["seaborn"]

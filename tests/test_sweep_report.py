@@ -1,10 +1,10 @@
-"""The hyper-parameter study figure and table (lib.report) on a hand-made sweep folder: no Ray needed."""
+"""The hyper-parameter study figure and table (lib.scale.sweep_report) on a hand-made sweep folder: no Ray needed."""
 import csv
 import json
 
 import pytest
 
-from lib import report
+from lib.scale import sweep_report as report
 from lib.common import run_cli
 from lib.config import make_config, save_config
 
@@ -50,7 +50,7 @@ def test_sweep_figure_has_a_panel_per_parameter_and_a_line_per_value_of_the_othe
 
 def test_sweep_report_writes_figure_and_table_best_first(tmp_path, capsys):
     sweep_dir = make_sweep(tmp_path / "dropout_lr")
-    assert run_cli(report.main, ["--sweep", str(sweep_dir), "--figures", str(tmp_path / "fig"),
+    assert run_cli(report.main, [str(sweep_dir), "--figures", str(tmp_path / "fig"),
                                  "--report", str(tmp_path / "rep")]) == 0
     for name in ("sweep_dropout_lr.png", "sweep_dropout_lr.pdf"):
         assert (tmp_path / "fig" / name).stat().st_size > 1000
@@ -63,5 +63,5 @@ def test_sweep_report_writes_figure_and_table_best_first(tmp_path, capsys):
 
 
 def test_sweep_report_on_a_folder_without_a_sweep_is_one_line(tmp_path, capsys):
-    assert run_cli(report.main, ["--sweep", str(tmp_path)]) == 2
+    assert run_cli(report.main, [str(tmp_path)]) == 2
     assert "sweep.json: no such file" in capsys.readouterr().err

@@ -3,7 +3,7 @@
     import os, sys, IPython; CLONE = "git clone -q --depth=1 https://github.com/OWNER/REPO.git cifar10"
     COLAB = "google.colab" in sys.modules and not os.path.isdir("lib"); sys.path += ["..", "cifar10"]
     if COLAB and ("/OWNER/" in CLONE or os.system(CLONE)): raise IPython.core.error.UsageError(CLONE)
-    from lib.notebook import setup; setup("runs")
+    from lib.colab.notebook import setup; setup("runs")
 
 On Colab, opened from GitHub (no lib/ in the working folder), it clones the repository into ./cifar10 (CLONE_NAME)
 and stops with that one line (an IPython UsageError) while the URL is the placeholder (`make colab-links
@@ -18,12 +18,9 @@ Everywhere (Jupyter, papermill, Colab), ``setup``
   ``run_settings``, notebook 03: nor lib.config.RunConfig) stops with one line naming the closest ones (difflib),
   and a list-valued parameter (``widths``) also takes a comma string (``-p widths 45,90,170,340``).
 On Colab it also installs what requirements.txt lists and the runtime lacks (a package Colab has is never upgraded)
-and, when the notebook keeps anything, mounts Google Drive and keeps it in MyDrive/cifar10-resnets (``lib.drive``).
-Notebook 03's ``run_config`` turns its parameters (and any other RunConfig setting papermill injected) into one
-RunConfig (``resume = "auto"``), and ``train`` trains a run folder that lies on Drive on the runtime's own disk,
-copied into Drive in place after every epoch. Notebooks 04-06 choose their runs and checkpoint with
-``report_runs``, ``output_dirs`` and ``best_checkpoint`` (under the smoke profile training the smoke run when it is
-absent, as on a fresh Colab runtime); notebook 02 shows library code with ``show_source``.
+and, when the notebook keeps anything, mounts Google Drive and keeps it in MyDrive/cifar10-resnets
+(``lib.colab.drive``).
+What notebooks 03-06 call next is in ``lib.colab.runs``; notebook 02 shows library code with ``show_source``.
 
 Colab's paths are parameters (``drive_mount``, ``drive_folder``): tests point them at temporary folders.
 """
@@ -42,12 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .drive import FOLDER as DRIVE_FOLDER, Drive, RunMirror
+from .drive import FOLDER as DRIVE_FOLDER, Drive
 
-MARKER = "lib/notebook.py"  # this file: how setup knows a checkout of this repository
+MARKER = "lib/colab/notebook.py"  # this file: how setup knows a checkout of this repository
 CLONE_NAME = "cifar10"  # the folder the first cell clones into on Colab (next to Colab's /content/drive)
 FIRST_CELL_PATHS = ("..", CLONE_NAME)  # relative sys.path entries the first cell adds; setup puts the root first
-LOCAL_RUNS = "scratch/colab"  # where train() trains a run folder that is on Drive (the runtime's own disk)
 PAPERMILL_CELL = "# Parameters"  # the first line of the cell papermill injects after the parameters cell
 NOTEBOOK_NAMES = {"out": "run_name"}  # CLI options whose notebook counterpart has another name
 
@@ -84,9 +80,9 @@ def setup(*keep: str, root: str | os.PathLike | None = None, extras: Iterable[st
     every lib.config.RunConfig setting (03); ``drive_mount``: where to mount Drive (default: beside the clone, which
     on Colab is /content/drive). ``current()`` returns what it set up."""
     global _session
-    root = Path(root if root is not None else Path(__file__).parents[1]).resolve()
+    root = Path(root if root is not None else Path(__file__).parents[2]).resolve()
     if not (root / MARKER).is_file():
-        raise _user_error(f"{root}: not a checkout of this repository (no {MARKER})")
+        raise user_error(f"{root}: not a checkout of this repository (no {MARKER})")
     os.chdir(root)  # relative paths (data/, runs/, figures/, report/) mean the same in every notebook
     # the first cell's relative entries would mean other folders from the root: the root itself, first
     sys.path[:] = [str(root)] + [p for p in sys.path if p != str(root) and p not in FIRST_CELL_PATHS]
@@ -156,7 +152,7 @@ def install_missing(root: Path, extras: Iterable[str] = ()) -> list[str]:
 def notebook_words(message: str) -> str:
     """A lib message in a notebook's words: ``--resume`` -> ``resume = True``, ``--no-amp`` -> ``amp = False``,
     ``--epochs 0: ...`` -> ``epochs = 0: ...``, ``pass --x`` -> ``set x``; the CLI keeps its own words."""
-    from .config import RunConfig
+    from ..config import RunConfig
 
     flags = {f.name for f in dataclasses.fields(RunConfig) if f.type in ("bool", "Optional[bool]")}
 
@@ -181,12 +177,12 @@ class NotebookError(Exception):
 
 @functools.cache
 def _error_type() -> type:
-    from .common import UserError
+    from ..common import UserError
 
     return type("UserError", (NotebookError, UserError), {"__module__": __name__})
 
 
-def _user_error(message: str) -> Exception:
+def user_error(message: str) -> Exception:
     """A lib.common.UserError that IPython shows as one line even before ``setup`` installed its handler."""
     return _error_type()(message)
 
@@ -229,13 +225,13 @@ def comma_list(text: str, annotation: str = "list") -> list:
     try:
         return [kind(t) for t in items]
     except ValueError:
-        raise _user_error(f"{text!r}: expected {kind.__name__}s separated by commas") from None
+        raise user_error(f"{text!r}: expected {kind.__name__}s separated by commas") from None
 
 
 def run_setting_names() -> dict[str, str | None]:
     """Every lib.config.RunConfig setting, with "list[int]" for the list-valued ones (widths), as parameter_names
     gives them for a parameters cell."""
-    from .config import RunConfig
+    from ..config import RunConfig
 
     return {f.name: "list[int]" if "list[int]" in str(f.type) else None for f in dataclasses.fields(RunConfig)}
 
@@ -267,7 +263,7 @@ class ParameterCheck:
                 continue
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-                raise _user_error(f"papermill -p {name}: this notebook has no parameter {name}"
+                raise user_error(f"papermill -p {name}: this notebook has no parameter {name}"
                                   + (f"; did you mean {' or '.join(close)}?" if close else "")
                                   + (" (its parameters cell and lib.config.RunConfig list them all)"
                                      if self.run_settings else " (its parameters cell lists them all)"))
@@ -294,7 +290,7 @@ _hooks: dict[str, Any] = {}
 
 def _install_hooks(shell, run_settings: bool = False) -> None:
     """Short errors, the papermill check and the copies to Drive; a rerun of the first cell replaces them."""
-    from .common import UserError
+    from ..common import UserError
 
     if _hooks.get("shell") is not shell:  # another kernel's shell (tests make several): nothing of ours in it
         _hooks.clear()
@@ -320,189 +316,6 @@ def _install_hooks(shell, run_settings: bool = False) -> None:
     shell.events.register("post_run_cell", check.seen)
     _hooks.update(check=check, sync=_sync_kept)
     shell.events.register("post_run_cell", _hooks["sync"])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Notebook 03: its parameters -> one RunConfig; training a run folder that lies on Drive
-# ----------------------------------------------------------------------------------------------------------
-def run_config(namespace: dict[str, Any]):
-    """The RunConfig of notebook 03's parameters: every RunConfig setting by name (None: the profile's), the run
-    folder ``runs_dir/run_name`` (run_name None: named after the model, profile and settings given) and
-    ``resume`` True, False or "auto" (see ``resume_setting``). Every setting is checked before any file is read."""
-    from .config import RunConfig, make_config
-
-    values = {f.name: namespace.get(f.name) for f in dataclasses.fields(RunConfig)}
-    profile, resume, progress, out = (values.pop(k) for k in ("profile", "resume", "progress", "out"))
-    run_name = namespace.get("run_name") or default_run_name(profile or "paper", values)
-    out = out or str(Path(namespace.get("runs_dir") or "runs") / run_name)
-    progress = "CIFAR_PROFILE" not in os.environ if progress is None else progress
-    cfg = make_config(profile or "paper", **values, out=out, progress=progress)
-    return dataclasses.replace(cfg, resume=resume_setting("auto" if resume is None else resume, cfg))
-
-
-def default_run_name(profile: str, values: dict[str, Any]) -> str:
-    """``<model>[_<profile>][_<setting><value>...]``: one folder per setting that changes what a run computes (not
-    stop_after_epochs, time_limit, device, ... : lib.train.RESUME_MAY_CHANGE)."""
-    from .config import RunConfig
-    from .config import RESUME_MAY_CHANGE
-
-    def part(value) -> str:
-        text = "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        return re.sub(r"[^\w.+-]", "-", text)
-
-    skip = RESUME_MAY_CHANGE | {"model", "profile", "out", "progress", "resume"}
-    return "_".join([values.get("model") or RunConfig.model, *([profile] if profile != "paper" else []),
-                     *(f"{k}{part(v)}" for k, v in values.items() if v is not None and k not in skip)])
-
-
-def resume_setting(resume, cfg) -> bool:
-    """``resume`` for lib.train: True and False as given; "auto" continues the run in the folder when it holds a
-    last.pt with these settings, starts one when it holds none, and stops (one line) when it holds another run."""
-    from .common import UserError
-
-    if resume is True or resume is False:
-        return resume
-    if resume != "auto":
-        raise _user_error(f'resume = {resume!r}: expected "auto", True or False')
-    if current().on_drive(cfg.out) is not None:
-        current().drive.mount()  # train() unmounts it at the end; the run may be on Drive only
-    last = _local_copy(cfg.out) / "last.pt"
-    last = last if last.is_file() else Path(cfg.out) / "last.pt"
-    if not last.is_file():
-        return False
-    from .checkpoint import read_checkpoint
-    from .checkpoint import check_resume_config as _check_resume_config
-
-    try:
-        _check_resume_config(dataclasses.replace(cfg, resume=True), read_checkpoint(last, resume=True), last)
-    except UserError as exc:
-        raise _user_error(f'resume = "auto": {cfg.out} already holds another run, left as it is; choose another '
-                          f"run_name (None: one named after the settings). {notebook_words(str(exc))}") from None
-    return True
-
-
-def _local_copy(out: str | os.PathLike) -> Path:
-    """Where ``train`` trains a run folder that lies on Drive (else the folder itself)."""
-    session = current()
-    rel = session.on_drive(out)
-    return session.root / LOCAL_RUNS / rel if rel is not None else Path(out)
-
-
-def check_runtime(cfg, session: Session | None = None) -> None:
-    """The paper profile on a Colab runtime without a GPU stops here (300 epochs would take days), unless asked
-    for with device = "cpu"."""
-    import torch
-
-    session = session or current()
-    if session.colab and cfg.profile == "paper" and cfg.device == "auto" and not torch.cuda.is_available():
-        raise _user_error("this Colab runtime has no GPU, and the paper profile trains for hours on one (days on a "
-                          "CPU): Runtime > Change runtime type > a GPU (T4 is free), then run the notebook again; "
-                          'device = "cpu" trains here anyway')
-
-
-def train(cfg, session: Session | None = None) -> dict[str, Any]:
-    """``lib.train.train(cfg)``; a run folder on Google Drive is trained in a folder of this runtime (LOCAL_RUNS)
-    whose files are copied into Drive, in place, after every epoch (``lib.drive.RunMirror``), and Drive is flushed
-    at the end. Returns train's summary (``run_dir``: the folder trained in) and ``kept_in``: the Drive folder or
-    None."""
-    from . import train as training
-
-    session = session or current()
-    check_runtime(cfg, session)
-    rel = session.on_drive(cfg.out)
-    if rel is None:
-        return _said_how_to_continue(lambda: {**training.train(cfg), "kept_in": None}, cfg)
-    session.drive.mount()
-    mirror = RunMirror(session.root / LOCAL_RUNS / rel, session.drive.path / rel)
-    mirror.restore()
-    mirror.sync()  # a copy that failed in an earlier session of this runtime
-    print(f"training in {mirror.local} (this runtime's disk); after every epoch its files are copied into "
-          f"{mirror.remote} (Google Drive)")
-    def run() -> dict[str, Any]:
-        try:
-            local = dataclasses.replace(cfg, out=str(mirror.local))
-            return {**training.train(local, on_epoch=lambda row: mirror.sync()), "kept_in": str(mirror.remote)}
-        finally:
-            mirror.sync()
-            session.drive.flush()
-    return _said_how_to_continue(run, cfg)
-
-
-def _said_how_to_continue(run, cfg) -> dict[str, Any]:
-    """Run ``run()``; when it stops before the schedule's end, say how to go on in this notebook's words (lib.train
-    says it in the CLI's)."""
-    words = 'in this notebook: run it again as it is to continue (resume = "auto")'
-    try:
-        summary = run()
-    except KeyboardInterrupt:  # Ctrl-C, Colab's stop button, SIGTERM
-        print(words, file=sys.stderr)
-        raise
-    if summary["epochs_done"] < cfg.epochs:
-        print(f"{words}; stop_after_epochs and time_limit train another part of the {cfg.epochs} epochs",
-              file=sys.stderr)
-    return summary
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Notebooks 04-06: which runs to report on, which checkpoint to use
-# ----------------------------------------------------------------------------------------------------------
-SMOKE_OUT = Path("scratch/smoke")  # where a smoke report, figure and submission go (never figures/ or report/)
-
-
-def smoke_run(model: str, runs_dir: str | os.PathLike = "runs") -> Path:
-    """``runs_dir/<model>_smoke``, the smoke run notebook 03 names; trained here when it holds no best.pt (smoke
-    profile, a minute or two on a CPU), so 04-06 also work on their own, as on a fresh Colab runtime."""
-    run = Path(runs_dir) / f"{model}_smoke"
-    if not (run / "best.pt").is_file():
-        from .config import make_config
-        from .train import train as train_run
-
-        print(f"no smoke run in {run}: training it (smoke profile, a minute or two on a CPU)")
-        train_run(make_config("smoke", model=model, out=str(run), progress=False, resume=True))
-    return run
-
-
-def report_runs(profile: str, model: str, runs: Iterable[str | os.PathLike] | None = None,
-                runs_dir: str | os.PathLike = "runs") -> list[Path]:
-    """Notebook 04's run folders: ``runs`` as given; else under the smoke profile the smoke run (``smoke_run``);
-    else the newest paper-profile run of each model in ``runs_dir`` (lib.runs.default_runs: never the best of
-    several experiments). Empty when there is none."""
-    if runs is not None:
-        return [Path(r) for r in runs]
-    if profile == "smoke":
-        return [smoke_run(model, runs_dir)]
-    from .runs import default_runs
-
-    return default_runs(runs_dir)
-
-
-def output_dirs(profile: str, figures_dir: str | None = None, report_dir: str | None = None) -> tuple[str, str]:
-    """Where Figure 1 and Table 1 go: as given, else figures/ and report/ (smoke: under SMOKE_OUT, so a smoke
-    result never lands on the committed figure and table)."""
-    base = SMOKE_OUT if profile == "smoke" else Path(".")
-    return figures_dir or str(base / "figures"), report_dir or str(base / "report")
-
-
-def best_checkpoint(profile: str, model: str, runs_dir: str | os.PathLike = "runs", run_name: str | None = None,
-                    checkpoint: str | os.PathLike | None = None) -> Path:
-    """Notebooks 05 and 06's checkpoint: ``checkpoint``; else ``runs_dir/run_name/best.pt``; else under the smoke
-    profile the smoke run's (``smoke_run``); else best.pt of the paper-profile run with the best validation
-    accuracy in ``runs_dir``, real CIFAR-10 runs first."""
-    if checkpoint is not None:
-        return Path(checkpoint)
-    if run_name is not None:
-        return Path(runs_dir) / run_name / "best.pt"
-    if profile == "smoke":
-        return smoke_run(model, runs_dir) / "best.pt"
-    from .runs import load_run
-
-    candidates = [load_run(p.parent) for p in sorted(Path(runs_dir).glob("*/best.pt"))
-                  if (p.parent / "history.csv").is_file() and (p.parent / "config.json").is_file()]
-    candidates = [r for r in candidates if r.config.profile == "paper"]
-    if not candidates:
-        raise _user_error(f"no paper-profile run with a best.pt in {runs_dir}/: train one with notebook 03 (or make "
-                          "reproduce), or set run_name or checkpoint")
-    return max(candidates, key=lambda r: (r.is_real, r.best_val_acc)).path / "best.pt"
 
 
 def show_source(*objects) -> None:

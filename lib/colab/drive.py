@@ -39,7 +39,7 @@ class Drive:
 
     def mount(self) -> None:
         """Mount Google Drive (again, after ``flush``); Colab asks for access the first time."""
-        from .common import UserError
+        from ..common import UserError
 
         if not self.mounted():
             from google.colab import drive  # noqa: PLC0415 - only on Colab
@@ -114,8 +114,8 @@ class RunMirror:
 
     def restore(self) -> bool:
         """Copy the run from Drive into ``local`` when Drive has more of it (a new runtime: local has nothing)."""
-        from .checkpoint import read_checkpoint
-        from .common import UserError, atomic_path
+        from ..checkpoint import read_checkpoint
+        from ..common import UserError, atomic_path
 
         if not (self.remote / "last.pt").is_file() or _epochs(self.remote) <= _epochs(self.local):
             return False
