@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .common import UserError, atomic_write_text
-from .models import resolve_config
+from .models import OptionError, resolve_config
 
 # Warm-up is at most this share of a run: the report's 5 epochs are 1.7% of its 300 (Goyal et al.'s 5 of 90,
 # 5.6%); capped at 10%, every run of 50+ epochs keeps the full 5, and a 2-epoch run warms up for 0.2 epochs
@@ -199,14 +199,14 @@ class RunConfig:
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
              "device", "expected auto, cpu, cuda or cuda:N")
-        if self.dropout is not None:
-            need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        if self.stochastic_depth_rate is not None:
-            need(0 <= self.stochastic_depth_rate < 1, "stochastic_depth_rate", "must be in [0, 1)")
         self.augment_ops()
-        try:  # the architecture's own checks (name, widths, kernel size, ...), without building it
+        try:  # the architecture's own checks (name, rates, widths, kernel size, ...), once, without building it
             resolve_config(self.model, **self.model_overrides())
-        except ValueError as exc:
+        except OptionError as exc:
+            if exc.option in MODEL_FIELDS:  # a setting the user gave: named as they gave it
+                raise UserError(f"--{exc.option.replace('_', '-')} {exc.value!r}: {exc.why}") from None
+            raise UserError(f"--model {self.model}: {exc}") from None
+        except ValueError as exc:  # an unknown model name
             raise UserError(f"--model {self.model}: {exc}") from None
         return self
 

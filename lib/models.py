@@ -345,8 +345,16 @@ def _widths(default: list[int], o: dict[str, Any]) -> list[int]:
     return list(default)
 
 
+class OptionError(ValueError):
+    """A value an architecture cannot take, naming the option (lib.config turns it into the CLI's words)."""
+
+    def __init__(self, option: str, value: Any, why: str):
+        super().__init__(f"{option}={value!r}: {why}")
+        self.option, self.value, self.why = option, value, why
+
+
 def _fail(option: str, value: Any, why: str):
-    raise ValueError(f"{option}={value!r}: {why}")
+    raise OptionError(option, value, why)
 
 
 def _int(option, value, low=1):
@@ -357,7 +365,7 @@ def _int(option, value, low=1):
 
 def _rate(option, value):
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1:
-        _fail(option, value, "must be a number in [0, 1)")
+        _fail(option, value, "must be in [0, 1)")
     return float(value)
 
 

@@ -4,9 +4,11 @@ hand (lib.train, lib.runs, notebook 03's run names) and against --help as a user
 import dataclasses
 import re
 
-from lib.common import ArgumentParser
+import pytest
+
+from lib.common import ArgumentParser, UserError
 from lib.config import (KINDS, MODEL_FIELDS, NOT_COUNTED, NOT_IN_RUN_NAME, RESUME_MAY_CHANGE, RunConfig,
-                        add_config_arguments, fields_of)
+                        add_config_arguments, fields_of, make_config)
 from lib.models import OPTIONS
 
 
@@ -38,3 +40,18 @@ def test_help_shows_each_option_once_under_its_kind():
     sections = {title: text.index(title + ":") for title in KINDS.values()}
     assert text.index("--dropout", sections[KINDS["architecture"]]) < sections[KINDS["data"]]
     assert sections[KINDS["execution"]] < text.index("  --device ", sections[KINDS["execution"]])
+
+
+def test_architecture_settings_are_checked_once_by_the_architecture_and_named_as_given():
+    # the ranges live in lib.models alone; the error names the setting as the user gave it, not the model
+    cases = [(dict(dropout=1.5), "--dropout 1.5: must be in [0, 1)"),
+             (dict(stochastic_depth_rate=-0.1), "--stochastic-depth-rate -0.1: must be in [0, 1)"),
+             (dict(kernel_size=4), "--kernel-size 4: must be odd"),
+             (dict(model="robust_resnet64", se_reduction=8),
+              "--se-reduction 8: robust_resnet64 has no Squeeze-and-Excitation blocks")]
+    for settings, line in cases:
+        with pytest.raises(UserError) as err:
+            make_config("paper", **settings)
+        assert str(err.value).startswith(line), str(err.value)
+    with pytest.raises(UserError, match=r"^--model resnet9000: unknown model"):
+        make_config("paper", model="resnet9000")
