@@ -156,8 +156,8 @@ def test_time_limit_stops_after_the_last_epoch_that_fits(smoke_root, tmp_path, c
     (["--stop-after-epochs", "0"], "--stop-after-epochs"),
     (["--stop-after-epochs", "400", "--epochs", "300"], "--stop-after-epochs"),
     (["--time-limit", "-1"], "--time-limit"),
-    (["--se-position", "sideways"], "se_position"),
-    (["--stochastic-depth-mode", "sometimes"], "stochastic_depth_mode"),
+    (["--se-position", "sideways"], "--se-position"),
+    (["--stochastic-depth-mode", "sometimes"], "--stochastic-depth-mode"),
     (["--lr-step", "weekly"], "--lr-step"),
     (["--erasing-value", "noise"], "--erasing-value"),
 ])
