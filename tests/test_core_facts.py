@@ -792,3 +792,29 @@ def test_a_numbered_cuda_device_without_cuda_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"^--device cuda:1: no CUDA device is available"):
         resolve_device("cuda:1")
+
+
+def test_warmup_rises_linearly_then_cosine_reaches_zero_at_the_last_step():
+    """Warm-up by hand. Per iteration: 20 epochs x 4 steps, warm-up 2 epochs = W = 8 steps rising linearly from
+    lr / 8 (step 0) to lr (step 8), then cosine over the other 72 steps. Per epoch: W = 2 epochs at lr / 2 and lr,
+    then cosine over the other 18 epochs, constant within each epoch."""
+    def lrs(cfg, steps):
+        opt = make_optimizer(cfg, OneWeight())
+        sched = make_scheduler(cfg, opt, steps)
+        out = []
+        for _ in range(cfg.epochs * steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    it = lrs(make_config("paper", epochs=20, lr=0.1, warmup_epochs=2, lr_step="iteration"), 4)
+    for t in range(8):
+        assert it[t] == pytest.approx(0.1 * (1 / 8 + t * (1 - 1 / 8) / 8)), t  # 0.0125, 0.0234375, ...
+    assert it[7] == pytest.approx(0.1 * 57 / 64)
+    for t in range(8, 80):
+        assert it[t] == pytest.approx(0.05 * (1 + math.cos(math.pi * (t - 8) / 72))), t
+    ep = lrs(make_config("paper", epochs=20, lr=0.1, warmup_epochs=2), 4)
+    assert ep[:4] == [pytest.approx(0.05)] * 4 and ep[4:8] == [pytest.approx(0.1)] * 4
+    for e in range(2, 20):
+        assert ep[4 * e:4 * e + 4] == [pytest.approx(0.05 * (1 + math.cos(math.pi * (e - 2) / 18)))] * 4, e
