@@ -818,3 +818,14 @@ def test_warmup_rises_linearly_then_cosine_reaches_zero_at_the_last_step():
     assert ep[:4] == [pytest.approx(0.05)] * 4 and ep[4:8] == [pytest.approx(0.1)] * 4
     for e in range(2, 20):
         assert ep[4 * e:4 * e + 4] == [pytest.approx(0.05 * (1 + math.cos(math.pi * (e - 2) / 18)))] * 4, e
+
+
+def test_a_one_epoch_schedule_runs_at_the_peak_lr():
+    # cosine over one epoch: epoch 1 is its first point, 0.5 (1 + cos 0) = 1
+    cfg = make_config("paper", epochs=1, lr=0.1)
+    opt = make_optimizer(cfg, OneWeight())
+    sched = make_scheduler(cfg, opt, 3)
+    for _ in range(3):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+        opt.step()
+        sched.step()
