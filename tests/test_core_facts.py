@@ -26,6 +26,7 @@ from lib.report import plot_figure1, table1
 from lib.runs import load_run
 from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
 from lib.train import train
+from recipe_helpers import FixedLogits, learning_rates
 
 TINY = dict(model="light_resnet18", base_channels=8, progress=False, device="cpu", num_workers=0)
 
@@ -324,15 +325,6 @@ def test_mix_probability(p, low, high):
 
 
 # ------------------------------------------------------------------------------------------- training accuracy
-class FixedLogits(nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits, self.w = logits, nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        return self.logits + 0 * self.w
-
-
 def test_train_accuracy_credits_the_minority_labels_share():
     """One image mixed 0.7 cat / 0.3 dog, the model predicts dog: lambda-weighted accuracy 0.3, dominant 0."""
     soft = torch.zeros(1, 10)
@@ -798,23 +790,13 @@ def test_warmup_rises_linearly_then_cosine_reaches_zero_at_the_last_step():
     """Warm-up by hand. Per iteration: 20 epochs x 4 steps, warm-up 2 epochs = W = 8 steps rising linearly from
     lr / 8 (step 0) to lr (step 8), then cosine over the other 72 steps. Per epoch: W = 2 epochs at lr / 2 and lr,
     then cosine over the other 18 epochs, constant within each epoch."""
-    def lrs(cfg, steps):
-        opt = make_optimizer(cfg, OneWeight())
-        sched = make_scheduler(cfg, opt, steps)
-        out = []
-        for _ in range(cfg.epochs * steps):
-            out.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        return out
-
-    it = lrs(make_config("paper", epochs=20, lr=0.1, warmup_epochs=2, lr_step="iteration"), 4)
+    it = learning_rates(make_config("paper", epochs=20, lr=0.1, warmup_epochs=2, lr_step="iteration"), 4)
     for t in range(8):
         assert it[t] == pytest.approx(0.1 * (1 / 8 + t * (1 - 1 / 8) / 8)), t  # 0.0125, 0.0234375, ...
     assert it[7] == pytest.approx(0.1 * 57 / 64)
     for t in range(8, 80):
         assert it[t] == pytest.approx(0.05 * (1 + math.cos(math.pi * (t - 8) / 72))), t
-    ep = lrs(make_config("paper", epochs=20, lr=0.1, warmup_epochs=2), 4)
+    ep = learning_rates(make_config("paper", epochs=20, lr=0.1, warmup_epochs=2), 4)
     assert ep[:4] == [pytest.approx(0.05)] * 4 and ep[4:8] == [pytest.approx(0.1)] * 4
     for e in range(2, 20):
         assert ep[4 * e:4 * e + 4] == [pytest.approx(0.05 * (1 + math.cos(math.pi * (e - 2) / 18)))] * 4, e

@@ -15,6 +15,7 @@ from lib.common import run_cli
 from lib.config import make_config
 from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
 from lib.train import train
+from recipe_helpers import FixedLogits
 
 TINY = dict(model="light_resnet18", base_channels=8, train_size=32, val_size=20, batch_size=16, device="cpu",
             num_workers=0, augment="standard", progress=False)
@@ -96,15 +97,6 @@ def test_every_batch_is_mixed_by_default():
 
 
 # ------------------------------------------------------------------------------------------------ metric
-class FixedLogits(nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits, self.w = logits, nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        return self.logits + 0 * self.w
-
-
 def test_train_accuracy_is_lambda_weighted_as_the_notebooks():
     """Two images mixed with lam = 0.7: image 0 (y_a 1, y_b 2) predicted 2 -> 0.3; image 1 (y_a 3, y_b 3)
     predicted 3 -> 1.0; image 2 (y_a 4, y_b 5) predicted 4 -> 0.7; image 3 (y_a 6, y_b 7) predicted 0 -> 0.

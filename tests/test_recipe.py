@@ -13,8 +13,9 @@ import lib.checkpoint as checkpoint_mod
 import lib.train as train_mod
 from lib.common import UserError, amp_dtype
 from lib.config import make_config
-from lib.recipe import make_criterion, make_optimizer, make_scheduler
+from lib.recipe import make_criterion
 from lib.train import train
+from recipe_helpers import learning_rates
 
 TINY = dict(model="light_resnet18", base_channels=8, train_size=32, val_size=20, batch_size=16, device="cpu",
             num_workers=0, augment="standard")
@@ -83,31 +84,20 @@ def test_warmup_is_an_option_capped_at_a_tenth_of_short_runs():
     assert make_config("paper", warmup_epochs=5, epochs=2).warmup_epochs_used() == pytest.approx(0.2)
     # per iteration, 2 epochs x 10 steps: warm-up 2 steps (0.05 -> 0.1), then 18 cosine steps; step 11 is half-way
     cfg = make_config("paper", epochs=2, lr=0.1, warmup_epochs=5, lr_step="iteration")
-    lrs = _lrs(cfg, steps_per_epoch=10)
+    lrs = learning_rates(cfg, steps_per_epoch=10)
     assert lrs[0] == pytest.approx(0.05) and lrs[2] == pytest.approx(0.1)
     assert lrs[11] == pytest.approx(0.05) and lrs[19] < 0.002
     # per epoch, 10 epochs, warm-up 1 epoch (a tenth): epoch 1 at 0.1 x 1/1, then cosine over the 9 others
-    lrs = _lrs(make_config("paper", epochs=10, warmup_epochs=1), steps_per_epoch=4)
+    lrs = learning_rates(make_config("paper", epochs=10, warmup_epochs=1), steps_per_epoch=4)
     assert lrs[:4] == [pytest.approx(0.1)] * 4 and lrs[4:8] == [pytest.approx(0.1)] * 4
     assert lrs[8] == pytest.approx(0.05 * (1 + math.cos(math.pi / 9)))
-
-
-def _lrs(cfg, steps_per_epoch):
-    opt = make_optimizer(cfg, torch.nn.Linear(2, 2))
-    sched = make_scheduler(cfg, opt, steps_per_epoch=steps_per_epoch)
-    lrs = []
-    for _ in range(cfg.epochs * steps_per_epoch):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return lrs
 
 
 def test_lr_per_epoch_is_cosine_annealing_stepped_per_epoch_as_the_notebooks():
     """The notebooks: CosineAnnealingLR(optimizer, T_max=300), scheduler.step() once after each epoch. Ours steps
     per iteration, but each epoch's learning rate must be the same at every step of the epoch, and equal to it."""
     steps = 3
-    ours = _lrs(make_config("paper"), steps_per_epoch=steps)
+    ours = learning_rates(make_config("paper"), steps_per_epoch=steps)
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     reference = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=300)
     original = []
