@@ -1,19 +1,12 @@
-"""CIFAR-10 on disk: the official python batches and the Kaggle test pickle (the synthetic stand-in for tests is
-lib.smoke_data).
+"""CIFAR-10 on disk: the official python batches and the Kaggle test pickle (where the files come from: the official
+release or synthetic files in its format, is lib.sources).
 
 Arrays are numpy: images ``uint8 (N, 32, 32, 3)`` (HWC), labels ``int64 (N,)``. Every pickle is read with
 ``restricted_load``: pickles are code, and a downloaded batch or Kaggle file must not be able to run any.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import pickle
-import shutil
-import sys
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,26 +14,12 @@ from typing import Optional
 import numpy as np
 
 from .common import UserError
+from .sources import official
+from .sources.official import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-BATCH_DIR = "cifar-10-batches-py"
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-META = "batches.meta"
-SMOKE_MARKER = "synthetic"  # key in batches.meta that lib.smoke_data sets, so a result never passes as CIFAR-10
+SMOKE_MARKER = "synthetic"  # key in batches.meta that lib.sources.synthetic sets, so a result never passes as CIFAR-10
 KAGGLE_ROWS, KAGGLE_HWC = "kaggle_test.pkl", "kaggle_test_hwc.pkl"
-
-# The official release (https://www.cs.toronto.edu/~kriz/cifar.html) and its files' MD5s, as torchvision's
-# CIFAR10 lists them: the archive is checked after --download; the batches decide whether a copy is official.
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
-OFFICIAL_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
-    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
-}
-
 
 @dataclass
 class CifarData:
@@ -219,63 +198,11 @@ def find_cifar_dir(data_dir) -> Path:
         f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into {data_dir}")
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)  # a checksum, not security: also allowed on FIPS systems
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def is_official_release(root: Path) -> bool:
-    """Whether every batch file in ``root`` is byte-for-byte the official release's (a JPEG-decoded or
-    re-pickled copy holds other pixels or other bytes, and is not)."""
-    return all(_md5(root / name) == OFFICIAL_MD5[name] for name in (*TRAIN_BATCHES, TEST_BATCH)
-               if (root / name).is_file())
-
-
-def _download(data_dir: Path) -> None:
-    """Fetch the official archive, check its MD5, and put its batches into ``DATA_DIR/cifar-10-batches-py``.
-
-    The archive goes to a temporary folder first: a failed or wrong download leaves nothing behind. Only the
-    batch files, by their known names, are taken from it (no paths from the archive are ever written).
-    """
-    root = data_dir.parent if data_dir.name == BATCH_DIR else data_dir
-    root.mkdir(parents=True, exist_ok=True)
-    print(f"downloading CIFAR-10 from {CIFAR10_URL} into {root / BATCH_DIR}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix=".cifar10-download-", dir=root) as tmp:
-        archive, staged = Path(tmp) / "cifar-10-python.tar.gz", Path(tmp) / BATCH_DIR
-        try:
-            with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response, open(archive, "wb") as f:
-                shutil.copyfileobj(response, f, 1 << 20)
-        except OSError as exc:  # no network, HTTP error (URLError is an OSError), disk full
-            raise UserError(f"could not download CIFAR-10 from {CIFAR10_URL} into {root}: {exc}") from None
-        if (md5 := _md5(archive)) != CIFAR10_ARCHIVE_MD5:
-            raise UserError(f"{CIFAR10_URL}: the downloaded archive has MD5 {md5}, not the official "
-                            f"{CIFAR10_ARCHIVE_MD5} (a broken or altered download); nothing was unpacked")
-        wanted = (*TRAIN_BATCHES, TEST_BATCH, META)
-        staged.mkdir()
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                for member in tar:
-                    folder, _, name = member.name.removeprefix("./").partition("/")
-                    if member.isfile() and folder == BATCH_DIR and name in wanted:
-                        with tar.extractfile(member) as src, open(staged / name, "wb") as dst:
-                            shutil.copyfileobj(src, dst)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise UserError(f"could not unpack {CIFAR10_URL} into {root}: {exc}") from None
-        if missing := [name for name in wanted if not (staged / name).is_file()]:
-            raise UserError(f"{CIFAR10_URL}: the archive lacks {', '.join(missing)}")
-        (root / BATCH_DIR).mkdir(exist_ok=True)
-        for name in wanted:  # each file appears whole (same filesystem: a rename)
-            os.replace(staged / name, root / BATCH_DIR / name)
-
-
 def load_cifar10(data_dir, download: bool = False) -> CifarData:
     """Read the official python batches (also re-encoded copies and the smoke data; ``official`` says which)."""
     data_dir = Path(data_dir)
     if download and _complete_dir(data_dir) is None:
-        _download(data_dir)
+        official.download(data_dir)
     root = find_cifar_dir(data_dir)
     batches = [_read_batch(root / name) for name in TRAIN_BATCHES]
     train_x = np.concatenate([x for x, _ in batches])
@@ -286,7 +213,7 @@ def load_cifar10(data_dir, download: bool = False) -> CifarData:
         test_x, test_y = _read_batch(root / TEST_BATCH)
     label_names, synthetic = _read_meta(root / META)
     return CifarData(train_x, train_y, test_x, test_y, label_names, "synthetic" if synthetic else "cifar10", root,
-                     official=None if synthetic else is_official_release(root))
+                     official=None if synthetic else official.is_official_release(root))
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:

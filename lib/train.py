@@ -28,17 +28,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import make_eval_loader, make_train_loader, resolve_channels_last, resolve_loader_kind
-from .checkpoint import (CHECKPOINT_FORMAT, WriteFailedError, device_name, git_commit, open_run, save_epoch,
-                         started_at, versions)
-from .common import (ArgumentParser, Terminated, UserError, amp_dtype, hold_run_dir, interrupts_handled,
-                     pending_signal, raise_for, resolve_device, run_cli, seed_everything, signals_deferred)
+from .checkpoint import CHECKPOINT_FORMAT, device_name, git_commit, open_run, save_epoch, started_at, versions
+from .common import ArgumentParser, UserError, amp_dtype, resolve_device, run_cli, seed_everything
 from .config import RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
+from .guard.runlock import (Terminated, hold_run_dir, interrupts_handled, pending_signal, raise_for,
+                            signals_deferred)
+from .guard.writes import WriteFailedError
 from .models import build_model, count_parameters, stochastic_depth_coins
 from .recipe import (compile_model, epoch_seed, evaluate, load_optimizer_state, make_criterion, make_optimizer,
                      make_scheduler, train_step)
 from .scale import distributed
-from .smoke_data import ensure_smoke_data
+from .sources.synthetic import ensure_smoke_data
 
 CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
 # --time-limit extrapolates a process's first epoch from the steps after these: compilation, cuDNN autotuning and
@@ -68,7 +69,7 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     """Train one run as configured; returns {"run_dir", "best_val_acc", "epochs_done", "history"}.
 
     ``on_epoch(row)`` is called with each epoch's history row once its checkpoint and history.csv are written.
-    The run folder is held by this process throughout (``lib.common``); SIGTERM stops it like Ctrl-C.
+    The run folder is held by this process throughout (``lib.guard.runlock``); SIGTERM stops it like Ctrl-C.
     """
     started = time.monotonic()  # --time-limit counts from here
     cfg.validate()
@@ -205,7 +206,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
                 on_epoch(dict(row))
             # training, validation, checkpoint and callback
             next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lib.common.Terminated)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lib.guard.runlock.Terminated)
         why = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{why} during epoch {epoch + 1}/{cfg.epochs}: it is abandoned; {run_dir} keeps epochs 1-"
               f"{len(history)} (last.pt, history.csv). To continue, run again with the same settings and "

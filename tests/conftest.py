@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `import lib` also under a bare `pytest`
 
-from lib.smoke_data import write_smoke_dataset  # noqa: E402
+from lib.sources.synthetic import write_smoke_dataset  # noqa: E402
 
 # CI has 2 cores: 2 threads in one process, or 1 per worker under pytest-xdist (-n 2), so nothing oversubscribes.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

@@ -203,13 +203,13 @@ def test_download_fetches_the_data_a_new_runtime_lacks(run_dir, smoke_root, tmp_
     import hashlib
     import tarfile
 
-    import lib.data as data_mod
+    import lib.sources.official as official_mod
 
     archive = tmp_path / "cifar.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(smoke_root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(data_mod, "CIFAR10_ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(official_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(official_mod, "CIFAR10_ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     argv = ["--checkpoint", str(run_dir), "--data-dir", str(tmp_path / "new"), "--corruptions", "none", "--no-tta",
             "--device", "cpu", "--out"]
     _fails([*argv, str(tmp_path / "out0")], capsys, "--download", tmp_path / "out0")

@@ -12,7 +12,7 @@ import torch.nn as nn
 from lib.common import UserError
 from lib.data import (BATCH_DIR, TRAIN_BATCHES, balanced_subset, channel_stats, find_cifar_dir, load_cifar10,
                       load_kaggle_test, load_splits, restricted_load, stratified_holdout)
-from lib.smoke_data import ensure_smoke_data, write_smoke_dataset
+from lib.sources.synthetic import ensure_smoke_data, write_smoke_dataset
 
 
 # batches.meta's label_names in the official release, in label order

@@ -10,9 +10,10 @@ import tarfile
 import pytest
 
 import lib.data as data_mod
+import lib.sources.official as official_mod
 from lib.common import UserError
 from lib.data import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES, load_cifar10, load_splits
-from lib.smoke_data import write_smoke_dataset
+from lib.sources.synthetic import write_smoke_dataset
 
 FILES = (*TRAIN_BATCHES, TEST_BATCH, META)
 
@@ -43,8 +44,8 @@ def make_archive(tmp_path, name="cifar.tar.gz", replace=None):
 
 
 def serve(monkeypatch, archive, md5):
-    monkeypatch.setattr(data_mod, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(data_mod, "CIFAR10_ARCHIVE_MD5", md5)
+    monkeypatch.setattr(official_mod, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(official_mod, "CIFAR10_ARCHIVE_MD5", md5)
 
 
 def test_download_checks_md5_unpacks_only_the_batches_and_reads_them(tmp_path, monkeypatch):
@@ -57,7 +58,7 @@ def test_download_checks_md5_unpacks_only_the_batches_and_reads_them(tmp_path, m
     assert sorted(os.listdir(dl / BATCH_DIR)) == sorted(FILES), "only the known batch files"
     assert not (tmp_path / "escaped.txt").exists() and not (dl / "escaped.txt").exists()
 
-    monkeypatch.setattr(data_mod, "CIFAR10_URL", (tmp_path / "gone.tar.gz").as_uri())
+    monkeypatch.setattr(official_mod, "CIFAR10_URL", (tmp_path / "gone.tar.gz").as_uri())
     assert load_cifar10(dl, download=True).train_x.shape == (100, 32, 32, 3)  # present: nothing fetched
 
 
@@ -95,7 +96,7 @@ def test_official_release_is_recognised_by_the_batches_md5(tmp_path, monkeypatch
     assert copy.description.startswith("CIFAR-10 (re-encoded copy, not the official release) at")
 
     ours = {name: hashlib.md5((root / name).read_bytes()).hexdigest() for name in (*TRAIN_BATCHES, TEST_BATCH)}
-    monkeypatch.setattr(data_mod, "OFFICIAL_MD5", ours)  # pretend these bytes are the release's
+    monkeypatch.setattr(official_mod, "OFFICIAL_MD5", ours)  # pretend these bytes are the release's
     official = load_splits(tmp_path / "copy")
     assert official.data_official is True and official.description.startswith("CIFAR-10 at")
 

@@ -102,7 +102,7 @@ def test_dry_run_keeps_every_stage_when_one_fails(smoke_root, tmp_path):
 FAKE_CONVERTER = """import shutil, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[-1])
-from lib.smoke_data import write_smoke_dataset
+from lib.sources.synthetic import write_smoke_dataset
 args = sys.argv[1:-1]
 with open(Path(args[0]).parent / "calls.txt", "a") as f:
     f.write(" ".join(Path(a).name for a in args) + "\\n")

@@ -13,7 +13,7 @@ import torch
 
 from lib.common import UserError, run_cli
 from lib.config import make_config
-from lib.common import LOCK_FILE, hold_run_dir
+from lib.guard.runlock import LOCK_FILE, hold_run_dir
 from lib.train import main, train
 
 REPO = Path(__file__).resolve().parent.parent

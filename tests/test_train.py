@@ -15,7 +15,8 @@ import torch
 
 import lib.checkpoint as checkpoint_mod
 import lib.train as train_mod
-from lib.checkpoint import HISTORY_FIELDS, WriteFailedError, write_or_explain
+from lib.checkpoint import HISTORY_FIELDS
+from lib.guard.writes import WriteFailedError, write_or_explain
 from lib.common import run_cli
 from lib.config import make_config
 from lib.recipe import make_optimizer, make_scheduler

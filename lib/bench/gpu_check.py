@@ -176,7 +176,7 @@ def prepare_data(check: Check, args) -> bool:
     """True when --data-dir holds CIFAR-10 (after converting or downloading it if need be)."""
     data, py = args.data_dir, sys.executable
     if args.dry_run and not has_cifar(data):
-        from ..smoke_data import write_smoke_dataset
+        from ..sources.synthetic import write_smoke_dataset
         write_smoke_dataset(data)
         check.say(f"== data: synthetic smoke data in {data} (dry run)")
         check.record("data", "passed", data=str(data), source="synthetic smoke data (dry run)")

@@ -106,7 +106,7 @@ def bench_epoch(cfg, models, device, sizes, data_dir: str | None = None) -> dict
     from the start of its training loop). The second is the steady one: no cuDNN autotuning or compilation.
     Data: CIFAR-10 from ``data_dir`` (class-balanced subsets of the sizes' images), else synthetic CIFAR-format
     files of those sizes."""
-    from ..smoke_data import write_smoke_dataset
+    from ..sources.synthetic import write_smoke_dataset
 
     n_train, n_val = sizes["epoch_train"], sizes["epoch_val"]
     out: dict[str, Any] = {}

@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     started = start_ray(args.address, args.num_cpus)
     try:
         if spec["profile"] == "smoke":
-            from ..smoke_data import ensure_smoke_data
+            from ..sources.synthetic import ensure_smoke_data
             ensure_smoke_data(spec["fixed"]["data_dir"])  # once here, not racing in parallel trials
         if not resuming:
             atomic_write_text(sweep_dir / "sweep.json", json.dumps(spec, indent=2) + "\n")
