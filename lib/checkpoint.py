@@ -27,7 +27,7 @@ from . import __version__
 from .common import UserError, atomic_path, atomic_torch_save
 from .config import MODEL_FIELDS, RESUME_MAY_CHANGE, RunConfig
 from .guard.writes import write_or_explain
-from .models import LEGACY_OPTIONS, build_model, resolve_config
+from .models import as_recorded, build_model
 
 # 2: the original notebooks' models and recipe (SE on the block input, whole-batch stochastic depth, Kaiming init,
 # per-epoch cosine). Format 1 files still load for prediction, read as the models they were trained with (model
@@ -62,8 +62,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             and isinstance(ckpt["config"], dict)):
         raise UserError(f"{path}: not a lib.train checkpoint (config, model_config and model must be dicts)")
     if ckpt["format"] == 1:  # se_reduction None meant "no SE" then; now it means the model's default
-        ckpt["model_config"] = {**LEGACY_OPTIONS, **ckpt["model_config"]}
-        ckpt["model_config"]["se_reduction"] = ckpt["model_config"].get("se_reduction") or 0
+        ckpt["model_config"] = as_recorded({"se_reduction": 0, **ckpt["model_config"]})
         ckpt["config"] = {**LEGACY_RECIPE, **{k: v for k, v in ckpt["config"].items() if v is not None}}
     return ckpt
 
@@ -137,16 +136,15 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def check_resume_config(cfg: RunConfig, ckpt: dict[str, Any], path: Path) -> None:
-    """A resumed run keeps its settings and its architecture: one history never mixes two models or recipes."""
+def check_resume_config(cfg: RunConfig, model_config: dict[str, Any], ckpt: dict[str, Any], path: Path) -> None:
+    """A resumed run keeps its settings and its architecture (``model_config``: what ``cfg`` builds now): one
+    history never mixes two models or recipes."""
     stored, now = ckpt["config"], cfg.to_dict()
     changed = [k for k in now if k not in RESUME_MAY_CHANGE and k not in MODEL_FIELDS and k in stored
                and stored[k] != now[k]]  # the model's fields: compared as the architecture they build, below
     changes = [f"--{k.replace('_', '-')} {stored[k]!r} -> {now[k]!r}" for k in changed]
-    model_now = resolve_config(cfg.model, num_classes=ckpt["model_config"].get("num_classes", 10),
-                               **cfg.model_overrides())  # the architecture the same settings now build
-    changes += [f"model {k} {v!r} -> {model_now[k]!r}" for k, v in ckpt["model_config"].items()
-                if k in model_now and model_now[k] != v]
+    changes += [f"model {k} {v!r} -> {model_config[k]!r}" for k, v in ckpt["model_config"].items()
+                if k in model_config and model_config[k] != v]
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: written by an earlier version of lib.train (checkpoint format {ckpt['format']}, "
                         f"before the original notebooks' models and recipe); it cannot be continued"
@@ -157,8 +155,10 @@ def check_resume_config(cfg: RunConfig, ckpt: dict[str, Any], path: Path) -> Non
                         f"(start a new --out to change them)")
 
 
-def open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None: a new run). Call with the run folder held (catch_up: it writes)."""
+def open_run(cfg: RunConfig, model_config: dict[str, Any], run_dir: Path,
+             catch_up: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: a new run); ``model_config``: the architecture ``cfg`` builds. Call with
+    the run folder held (catch_up: it writes)."""
     last_path = run_dir / "last.pt"
     if not last_path.exists():
         if cfg.resume:
@@ -168,7 +168,7 @@ def open_run(cfg: RunConfig, run_dir: Path, catch_up: bool = True) -> dict[str, 
         raise UserError(f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
                         f"or choose another --out")
     ckpt = read_checkpoint(last_path, resume=True)
-    check_resume_config(cfg, ckpt, last_path)
+    check_resume_config(cfg, model_config, ckpt, last_path)
     if catch_up:
         _catch_up(run_dir, ckpt)
     return ckpt

@@ -155,8 +155,9 @@ class RunConfig:
         """The warm-up the schedule runs: ``warmup_epochs``, capped at WARMUP_MAX_SHARE of the run."""
         return min(self.warmup_epochs, WARMUP_MAX_SHARE * self.epochs)
 
-    def validate(self) -> "RunConfig":
-        """Check every setting, files untouched (the model by name and overrides); raise UserError naming it."""
+    def validate(self) -> dict[str, Any]:
+        """Check every setting, files untouched; raise UserError naming it. Returns the architecture the settings
+        build (``lib.models.resolve_config``'s model_config): a run resolves it here, once."""
         def need(ok: bool, opt: str, why: str):
             if not ok:
                 raise UserError(f"--{opt.replace('_', '-')} {getattr(self, opt)!r}: {why}")
@@ -200,15 +201,14 @@ class RunConfig:
         need(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
              "device", "expected auto, cpu, cuda or cuda:N")
         self.augment_ops()
-        try:  # the architecture's own checks (name, rates, widths, kernel size, ...), once, without building it
-            resolve_config(self.model, **self.model_overrides())
+        try:  # the architecture's own checks (name, rates, widths, kernel size, ...), without building it
+            return resolve_config(self.model, **self.model_overrides())
         except OptionError as exc:
             if exc.option in MODEL_FIELDS:  # a setting the user gave: named as they gave it
                 raise UserError(f"--{exc.option.replace('_', '-')} {exc.value!r}: {exc.why}") from None
             raise UserError(f"--model {self.model}: {exc}") from None
         except ValueError as exc:  # an unknown model name
             raise UserError(f"--model {self.model}: {exc}") from None
-        return self
 
     def schedule_words(self, epochs_done: int) -> str:
         """"300 epochs" for a whole schedule, "3 of 300 epochs" for a part of it."""
@@ -272,8 +272,9 @@ def make_config(profile: str = "paper", **overrides: Any) -> RunConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     model = given.get("model", PROFILES[profile].get("model", RunConfig.model))
     recipe = MODEL_RECIPES.get(model, {}) if isinstance(model, str) else {}
-    values = {**PROFILES[profile], **recipe, **given, "profile": profile}
-    return RunConfig(**values).validate()
+    cfg = RunConfig(**{**PROFILES[profile], **recipe, **given, "profile": profile})
+    cfg.validate()
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: Path, extra: dict[str, Any] | None = None) -> None:

@@ -18,6 +18,7 @@ ResNet-18; with ``se_reduction=0, stochastic_depth_rate=0`` the earlier light_re
 """
 from __future__ import annotations
 
+import json
 import numbers
 from typing import Any
 
@@ -144,7 +145,11 @@ REPORTED: dict[str, dict[str, Any]] = {
 
 def build_model(name: str, num_classes: int = 10, **overrides: Any) -> nn.Module:
     """The one door to every architecture. Bad overrides raise ValueError naming the option and the reason."""
-    config = resolve_config(name, num_classes, **overrides)
+    return build(resolve_config(name, num_classes, **overrides))
+
+
+def build(config: dict[str, Any]) -> nn.Module:
+    """The network of an already resolved ``config`` (``resolve_config``'s; a run resolves its own once)."""
     model = ResNet(**config)
     model.config = config
     return model
@@ -212,8 +217,9 @@ class DropBranch(nn.Module):
     probability p (one coin per forward pass), kept branches are not rescaled; identity at evaluation.
 
     The coin is a 0/1 tensor on the branch's device: no host sync and no Python branch on data (torch.compile).
-    By itself the block draws it (``torch.rand``, the global generator); in training, ``StochasticDepthCoins``
-    draws every block's coin on the host per step and fills ``keep`` before the step (``host_coins``)."""
+    By itself the block draws it (``torch.rand``, the global generator); in training,
+    ``lib.recipe.StochasticDepthCoins`` draws every block's coin on the host per step and fills ``keep`` before the
+    step (``host_coins``)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -234,53 +240,6 @@ class DropBranch(nn.Module):
 def _drop_path(p: float, mode: str) -> nn.Module:
     # "row": per sample, kept rows scaled by 1/(1-p) (torchvision, Huang et al.'s expectation-preserving form)
     return DropBranch(p) if mode == "batch" else StochasticDepth(p, mode="row")
-
-
-class StochasticDepthCoins:
-    """Every DropBranch's coin for one training step, drawn on the host and the same on every process.
-
-    The coins of global step t come from a ``torch.Generator`` seeded with (seed, t): every torchrun rank drops
-    the same blocks (one network trained, as in one process), a resumed run draws what a straight one did, and
-    the draw needs nothing from the device. ``draw(t)`` fills each block's ``keep`` (a fill kernel, no copy from
-    the host and no sync); after backward, ``drop_gradients()`` sets the gradients of a dropped branch's own
-    parameters to None, as in the notebooks, where a dropped block returns its shortcut alone: SGD then applies
-    neither momentum nor weight decay to them that step. (Their gradients are exact zeros here, since the branch
-    is still computed and multiplied by 0; its BatchNorm statistics update, as in the notebooks.)
-    """
-
-    def __init__(self, model: nn.Module, seed: int):
-        self.seed = seed
-        self.blocks = [(m.drop_path, m.branch_parameters()) for m in model.modules()
-                       if isinstance(getattr(m, "drop_path", None), DropBranch) and m.drop_path.p > 0]
-        self.p = torch.tensor([drop.p for drop, _ in self.blocks], dtype=torch.float64)
-        self.dropped: list[nn.Parameter] = []
-        for drop, _ in self.blocks:
-            drop.host_coins = True
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def keep(self, step: int) -> list[bool]:
-        """Whether each block keeps its branch at global step ``step`` (from 0)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_033 + step)
-        return (torch.rand(len(self.blocks), generator=g, dtype=torch.float64) >= self.p).tolist()
-
-    def draw(self, step: int) -> None:
-        self.dropped = []
-        for (drop, params), kept in zip(self.blocks, self.keep(step)):
-            drop.keep.fill_(1.0 if kept else 0.0)
-            if not kept:
-                self.dropped += params
-
-    def drop_gradients(self) -> None:
-        for p in self.dropped:
-            p.grad = None
-
-
-def stochastic_depth_coins(model: nn.Module, seed: int) -> StochasticDepthCoins | None:
-    """Host coins for ``model``'s whole-batch stochastic depth (None: it has none)."""
-    coins = StochasticDepthCoins(model, seed)
-    return coins if len(coins) else None
 
 
 def _without(params, shared) -> list[nn.Parameter]:
@@ -419,3 +378,15 @@ class BasicBlock(nn.Module):
 
 # model_config of checkpoints written before these options existed (checkpoint format 1): the earlier models
 LEGACY_OPTIONS = {"se_position": "output", "stochastic_depth_mode": "row", "init": "default"}
+
+
+def as_recorded(model_config: dict[str, Any]) -> dict[str, Any]:
+    """A model_config as config.json and checkpoints hold it, whenever it was written, so that two compare equal
+    exactly when they build the same network: JSON's types (lists, not tuples), options absent from an earlier
+    record at their earlier behaviour (LEGACY_OPTIONS), and no SE as 0 (recorded as null before)."""
+    config = json.loads(json.dumps(model_config))
+    for option, value in LEGACY_OPTIONS.items():
+        config.setdefault(option, value)
+    if "se_reduction" in config:
+        config["se_reduction"] = config["se_reduction"] or 0
+    return config

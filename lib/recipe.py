@@ -14,6 +14,7 @@ from packaging.version import Version
 
 from .common import UserError
 from .config import RunConfig
+from .models import DropBranch
 
 
 def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -115,7 +116,7 @@ def train_step(model, x, soft_y, optimizer, scheduler, criterion, scaler=None, d
     """One optimisation step. Returns (loss, correct, correct_dominant) as 0-dim device tensors, no host sync:
     ``correct`` sums each image's target share of its predicted class, i.e. lam [pred == y_a] + (1 - lam)
     [pred == y_b] for a mixed pair (the notebooks' "Approx Train Acc"); ``correct_dominant`` counts
-    predictions of the larger share's label. ``coins`` (lib.models.StochasticDepthCoins): the step's
+    predictions of the larger share's label. ``coins`` (StochasticDepthCoins): the step's
     stochastic-depth coins, drawn for the scheduler's step count (the global step, kept across --resume)."""
     if coins is not None:
         coins.draw(scheduler.last_epoch)
@@ -162,3 +163,50 @@ def evaluate(model, loader, dtype=None) -> tuple[float, float]:
 def epoch_seed(seed: int, epoch: int) -> int:
     """Each epoch reseeds every RNG from (seed, epoch): a resumed run draws exactly what a straight one did."""
     return seed * 100_003 + epoch
+
+
+class StochasticDepthCoins:
+    """Every DropBranch's coin for one training step, drawn on the host and the same on every process.
+
+    The coins of global step t come from a ``torch.Generator`` seeded with (seed, t): every torchrun rank drops
+    the same blocks (one network trained, as in one process), a resumed run draws what a straight one did, and
+    the draw needs nothing from the device. ``draw(t)`` fills each block's ``keep`` (a fill kernel, no copy from
+    the host and no sync); after backward, ``drop_gradients()`` sets the gradients of a dropped branch's own
+    parameters to None, as in the notebooks, where a dropped block returns its shortcut alone: SGD then applies
+    neither momentum nor weight decay to them that step. (Their gradients are exact zeros here, since the branch
+    is still computed and multiplied by 0; its BatchNorm statistics update, as in the notebooks.)
+    """
+
+    def __init__(self, model: nn.Module, seed: int):
+        self.seed = seed
+        self.blocks = [(m.drop_path, m.branch_parameters()) for m in model.modules()
+                       if isinstance(getattr(m, "drop_path", None), DropBranch) and m.drop_path.p > 0]
+        self.p = torch.tensor([drop.p for drop, _ in self.blocks], dtype=torch.float64)
+        self.dropped: list[nn.Parameter] = []
+        for drop, _ in self.blocks:
+            drop.host_coins = True
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def keep(self, step: int) -> list[bool]:
+        """Whether each block keeps its branch at global step ``step`` (from 0)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_033 + step)
+        return (torch.rand(len(self.blocks), generator=g, dtype=torch.float64) >= self.p).tolist()
+
+    def draw(self, step: int) -> None:
+        self.dropped = []
+        for (drop, params), kept in zip(self.blocks, self.keep(step)):
+            drop.keep.fill_(1.0 if kept else 0.0)
+            if not kept:
+                self.dropped += params
+
+    def drop_gradients(self) -> None:
+        for p in self.dropped:
+            p.grad = None
+
+
+def stochastic_depth_coins(model: nn.Module, seed: int) -> StochasticDepthCoins | None:
+    """Host coins for ``model``'s whole-batch stochastic depth (None: it has none)."""
+    coins = StochasticDepthCoins(model, seed)
+    return coins if len(coins) else None

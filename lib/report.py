@@ -35,7 +35,7 @@ from matplotlib.figure import Figure  # no pyplot: importing this module never c
 from matplotlib.ticker import MaxNLocator, MultipleLocator
 
 from .common import ArgumentParser, UserError, atomic_path, run_cli
-from .models import REPORTED, build_model, model_summary
+from .models import REPORTED, as_recorded, build_model, model_summary
 from .runs import NOT_A_REPRODUCTION, Run, load_run, log_difference, newest, original_log
 
 # Settings that change regularisation, not the architecture: a run with dropout 0.2 is still its Table-1 row.
@@ -152,12 +152,8 @@ def save_figure(fig: Figure, figures_dir: str | os.PathLike, stem: str = "figure
 
 # ----------------------------------------------------------------------------------------------- Table 1
 def _architecture(model_config: dict) -> dict:
-    """The parts of a model config that define the architecture (JSON-normalised, so lists compare equal; no SE
-    was recorded as null before it was 0)."""
-    arch = {k: v for k, v in json.loads(json.dumps(model_config)).items() if k not in REGULARISATION_KEYS}
-    if "se_reduction" in arch:
-        arch["se_reduction"] = arch["se_reduction"] or 0
-    return arch
+    """The parts of a model config that define the architecture (``as_recorded``: written whenever)."""
+    return {k: v for k, v in as_recorded(model_config).items() if k not in REGULARISATION_KEYS}
 
 
 def _original_best(name: str) -> str:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .common import UserError
 from .config import NOT_COUNTED, RunConfig, load_config, make_config
-from .models import LEGACY_OPTIONS, OPTIONS, REPORTED, resolve_config
+from .models import OPTIONS, REPORTED, as_recorded
 
 HISTORY_COLUMNS = ("epoch", "train_acc", "val_acc", "best_val_acc")
 # What does not count against a reproduction: lib.config.NOT_COUNTED, the settings of kind length, numerics and
@@ -134,13 +134,8 @@ class Run:
         elif done < full:
             why.append(f"{done} of {full} epochs")
         # the architecture as built, against the model's own with the paper profile's options
-        default = json.loads(json.dumps(resolve_config(cfg.model, self.model_config.get("num_classes", 10),
-                                                       **paper.model_overrides())))
-        # a model_config written before an option existed had that option's earlier behaviour (LEGACY_OPTIONS)
-        mine = {**LEGACY_OPTIONS, **json.loads(json.dumps(self.model_config))}
-        for d in (mine, default):  # no SE was recorded as null before it was 0: the same network
-            if "se_reduction" in d:
-                d["se_reduction"] = d["se_reduction"] or 0
+        default = as_recorded(paper.validate())
+        mine = as_recorded(self.model_config)
         inert = {"name"}  # where SE or stochastic depth is absent from both, its placement or mode computes nothing
         if not mine.get("se_reduction") and not default.get("se_reduction"):
             inert.add("se_position")

@@ -35,9 +35,9 @@ from .data import channel_stats, load_splits
 from .guard.runlock import (Terminated, hold_run_dir, interrupts_handled, pending_signal, raise_for,
                             signals_deferred)
 from .guard.writes import WriteFailedError
-from .models import build_model, count_parameters, stochastic_depth_coins
+from .models import build, count_parameters
 from .recipe import (compile_model, epoch_seed, evaluate, load_optimizer_state, make_criterion, make_optimizer,
-                     make_scheduler, train_step)
+                     make_scheduler, stochastic_depth_coins, train_step)
 from .scale import distributed
 from .sources.synthetic import ensure_smoke_data
 
@@ -72,7 +72,7 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     The run folder is held by this process throughout (``lib.guard.runlock``); SIGTERM stops it like Ctrl-C.
     """
     started = time.monotonic()  # --time-limit counts from here
-    cfg.validate()
+    model_config = cfg.validate()  # the architecture, resolved once for the run
     device = resolve_device(cfg.device)  # every setting is checked before any file is touched
     if cfg.cuda_graphs and device.type != "cuda":
         raise UserError(f"--cuda-graphs: needs a CUDA device (this run is on {device.type})")
@@ -86,15 +86,15 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     try:
         # torchrun: a signal to any rank stops all of them at the same step (pending_signal, _check_in)
         with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled(shared=ctx.active):
-            return _train_held(cfg, ctx.device(device), run_dir, on_epoch, ctx, started)
+            return _train_held(cfg, model_config, ctx.device(device), run_dir, on_epoch, ctx, started)
     finally:
         ctx.close()
 
 
-def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
+def _train_held(cfg: RunConfig, model_config: dict[str, Any], device: torch.device, run_dir: Path, on_epoch,
                 ctx: distributed.Context = distributed.Context(), started: float | None = None) -> dict[str, Any]:
     last_path = run_dir / "last.pt"
-    resume_ckpt = open_run(cfg, run_dir, catch_up=ctx.is_main)
+    resume_ckpt = open_run(cfg, model_config, run_dir, catch_up=ctx.is_main)
     dtype = amp_dtype(device) if cfg.amp else None
     channels_last = resolve_channels_last(cfg.channels_last, device)
     loader_kind = resolve_loader_kind(cfg.loader, device)
@@ -112,7 +112,7 @@ def _train_held(cfg: RunConfig, device: torch.device, run_dir: Path, on_epoch,
         mean, std = (list(map(float, v)) for v in channel_stats(splits.train_x))
 
     seed_everything(cfg.seed)  # model initialisation
-    model = build_model(cfg.model, num_classes=len(splits.label_names), **cfg.model_overrides())
+    model = build(model_config)  # 10 classes: lib.data reads exactly the ten CIFAR-10 label names
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     step_model = ctx.wrap(model, cfg.sync_bn, device)  # DDP under torchrun; `model` itself is checkpointed
     train_loader = ctx.shard(make_train_loader(cfg, splits.train_x, splits.train_y, mean, std, device, loader_kind),

@@ -11,7 +11,7 @@ images, val accuracy within 4 of 40.
 The one-process reference is torchrun with --nproc_per_node 1: under torchrun the global batch order comes from
 lib.scale.distributed's seeded permutation, while a plain `python -m lib.train` keeps the DataLoader's own shuffle
 (unchanged from before torchrun support), so its batches differ. Stochastic depth stays on (the model's 0.1): every
-rank draws the same coins (lib.models.StochasticDepthCoins). Augmentation and MixUp are off: each rank augments and
+rank draws the same coins (lib.recipe.StochasticDepthCoins). Augmentation and MixUp are off: each rank augments and
 mixes its own shard with its own random numbers, so the runs would differ by design.
 """
 import csv

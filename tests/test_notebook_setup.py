@@ -462,7 +462,8 @@ def test_messages_use_the_notebooks_words(tmp_path):
 
     (tmp_path / "last.pt").write_bytes(b"")
     with pytest.raises(UserError) as exc:
-        _open_run(make_config("smoke", out=str(tmp_path)), tmp_path)
+        cfg = make_config("smoke", out=str(tmp_path))
+        _open_run(cfg, cfg.validate(), tmp_path)
     assert "--resume" in str(exc.value)  # the CLI's words
     assert "set resume = True to continue it or choose another run_name" in nb.notebook_words(str(exc.value))
     assert nb.notebook_words("--no-amp is slower; --device 'gpu': expected") == \

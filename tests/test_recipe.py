@@ -117,7 +117,7 @@ def test_each_training_epoch_runs_in_train_mode_after_evaluation(smoke_root, tmp
     """Dropout, stochastic depth and batch norm are in train mode for every training step, including those
     after an evaluation; BN statistics keep moving in epoch 2; eval passes are in eval mode."""
     seen, models = [], []
-    real_build = train_mod.build_model
+    real_build = train_mod.build
 
     def build_and_watch(*args, **kw):
         model = real_build(*args, **kw)
@@ -128,7 +128,7 @@ def test_each_training_epoch_runs_in_train_mode_after_evaluation(smoke_root, tmp
         return model
 
     bn_means = []
-    monkeypatch.setattr(train_mod, "build_model", build_and_watch)
+    monkeypatch.setattr(train_mod, "build", build_and_watch)
     train(tiny(smoke_root, tmp_path / "run", epochs=2, dropout=0.2, stochastic_depth_rate=0.1, progress=True),
           on_epoch=lambda row: bn_means.append(models[0].head[0].running_mean.clone()))
     first_eval = next(i for i, (grad, _) in enumerate(seen) if not grad)

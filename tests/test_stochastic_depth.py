@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import make_config
-from lib.models import DropBranch, build_model, stochastic_depth_coins
-from lib.recipe import make_criterion, make_optimizer, make_scheduler, train_step
+from lib.models import DropBranch, build_model
+from lib.recipe import make_criterion, make_optimizer, make_scheduler, stochastic_depth_coins, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -65,7 +65,8 @@ def resume_setting(resume, cfg) -> bool:
     from ..checkpoint import check_resume_config, read_checkpoint
 
     try:
-        check_resume_config(dataclasses.replace(cfg, resume=True), read_checkpoint(last, resume=True), last)
+        check_resume_config(dataclasses.replace(cfg, resume=True), cfg.validate(), read_checkpoint(last, resume=True),
+                            last)
     except UserError as exc:
         raise user_error(f'resume = "auto": {cfg.out} already holds another run, left as it is; choose another '
                           f"run_name (None: one named after the settings). {notebook_words(str(exc))}") from None
