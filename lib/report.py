@@ -82,6 +82,28 @@ def runs_overview(runs: list[Run]) -> pd.DataFrame:
                                  "final val acc (%)", "a reproduction"])
 
 
+def source_line(run: Run, result: bool = True) -> str:
+    """Which data, validation set, device, precision and epochs a run's numbers come from, in one line (Table 1's
+    Source, Figure 1's subtitle).
+
+    ``result``: for a run that is not a reproduction, append its numbers, "NOT a reproduction" and every
+    differing setting.
+    """
+    cfg, extra = run.config, run.extra
+    val = "official test batch" if cfg.val_source == "test" else f"{cfg.holdout_fraction:.0%} hold-out"
+    sizes = f"val = {val}, {extra['n_val']} images" if "n_val" in extra else f"val = {val}"
+    if cfg.train_size is not None:
+        sizes += f"; train subset {extra.get('n_train', cfg.train_size)} images"
+    text = f"{run.data_label} ({sizes}), {cfg.profile} profile, {run.device_label}, {run.precision}"
+    shortfalls = run.shortfalls()
+    if not shortfalls:
+        text += f", {run.epochs_done} epochs"
+    elif result:
+        text += (f": best val {100 * run.best_val_acc:.2f}%, final {100 * run.final_val_acc:.2f}% — "
+                 f"{NOT_A_REPRODUCTION} ({'; '.join(shortfalls)})")
+    return f"{text} [{run.path.name}]"
+
+
 # ---------------------------------------------------------------------------------------------- Figure 1
 def pick_figure_run(runs: list[Run]) -> Run:
     """The run Figure 1 shows: a reproduction before any other, RobustResNet64 (the report's figure) before other
@@ -121,9 +143,10 @@ def plot_figure1(run: Run) -> Figure:
     ax.set_ylabel("Accuracy (%)")
     fig.suptitle(FIGURE_TITLE, fontweight="bold")
     if run.is_real:
-        subtitle, colour = f"{label}: {run.source()}", "black"
+        subtitle, colour = f"{label}: {source_line(run)}", "black"
     else:  # said on the figure itself, so a short or changed run cannot pass for the report's Figure 1
-        subtitle = f"{NOT_A_REPRODUCTION} ({'; '.join(run.shortfalls())}) — {label}: {run.source(result=False)}"
+        subtitle = (f"{NOT_A_REPRODUCTION} ({'; '.join(run.shortfalls())}) — {label}: "
+                    f"{source_line(run, result=False)}")
         colour = "red"
     ax.set_title(textwrap.fill(subtitle, 120), fontsize=7, color=colour)  # 120 characters of 7 pt fit 7 inches
     if schedule <= 20:  # one tick per epoch
@@ -170,7 +193,7 @@ def _row(label: str, model: nn.Module, runs: list[Run], reported: str, original:
     s["parameters"] = parameters or s["parameters"]
     if runs:
         shown = newest(runs)
-        source = shown.source() + (f" (newest of {len(runs)} runs given)" if len(runs) > 1 else "")
+        source = source_line(shown) + (f" (newest of {len(runs)} runs given)" if len(runs) > 1 else "")
         if shown.is_real:
             val, final = f"{100 * shown.best_val_acc:.2f}", f"{100 * shown.final_val_acc:.2f}"
         else:  # no reproduction: the numbers go to Source with the caveat, never to the measured columns

@@ -162,27 +162,6 @@ class Run:
         """A reproduction: CIFAR-10, the paper profile's full schedule, no recipe setting changed."""
         return not self.shortfalls()
 
-    def source(self, result: bool = True) -> str:
-        """Which data, validation set, device, precision and epochs this run's numbers come from, in one line.
-
-        ``result``: for a run that is not a reproduction, append its numbers, "NOT a reproduction" and every
-        differing setting.
-        """
-        cfg, extra = self.config, self.extra
-        val = ("official test batch" if cfg.val_source == "test"
-               else f"{cfg.holdout_fraction:.0%} hold-out")
-        sizes = f"val = {val}, {extra['n_val']} images" if "n_val" in extra else f"val = {val}"
-        if cfg.train_size is not None:
-            sizes += f"; train subset {extra.get('n_train', cfg.train_size)} images"
-        text = f"{self.data_label} ({sizes}), {cfg.profile} profile, {self.device_label}, {self.precision}"
-        shortfalls = self.shortfalls()
-        if not shortfalls:
-            text += f", {self.epochs_done} epochs"
-        elif result:
-            text += (f": best val {100 * self.best_val_acc:.2f}%, final {100 * self.final_val_acc:.2f}% — "
-                     f"{NOT_A_REPRODUCTION} ({'; '.join(shortfalls)})")
-        return f"{text} [{self.path.name}]"
-
 
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run folder written by ``lib.train``; a missing or corrupt file is a UserError naming it."""

@@ -14,7 +14,7 @@ from lib.common import UserError, run_cli
 from lib.config import make_config, save_config
 from lib.models import build_model, count_parameters
 from lib.report import (FIGURE_TITLE, NOT_A_REPRODUCTION, TABLE_COLUMNS, log_comparison, main, pick_figure_run,
-                        plot_figure1, table1, write_table1)
+                        plot_figure1, source_line, table1, write_table1)
 from lib.runs import default_runs, load_run
 from lib.train import train
 
@@ -129,16 +129,16 @@ def test_a_reproduction_is_the_paper_profile_at_its_full_schedule(tmp_path):
     assert drop.shortfalls() == ["dropout 0.2"] and not drop.is_real
     assert both.shortfalls() == ["5 of 300 epochs (5-epoch schedule)", "dropout 0.2"]
     assert stopped.shortfalls() == ["3 of 300 epochs"]  # the first 3 epochs of the 300-epoch schedule
-    assert drop.source() == ("CIFAR-10 (val = official test batch, 10000 images), paper profile, NVIDIA H200, "
+    assert source_line(drop) == ("CIFAR-10 (val = official test batch, 10000 images), paper profile, NVIDIA H200, "
                              "bf16 AMP: best val 90.00%, final 90.00% — NOT a reproduction (dropout 0.2) [r64_drop]")
-    assert both.source().endswith("NOT a reproduction (5 of 300 epochs (5-epoch schedule); dropout 0.2) "
+    assert source_line(both).endswith("NOT a reproduction (5 of 300 epochs (5-epoch schedule); dropout 0.2) "
                                   "[r64_5ep_drop]")
     t = table1([drop])
     assert row(t, "RobustResNet64")["Best Val Acc (%)"] == "no real run yet", "dropout 0.2: not the report's run"
 
     real = load_run(fake_run(tmp_path / "r64", "robust_resnet64", FULL + [0.9693], amp_dtype=None))
     assert real.is_real and real.shortfalls() == []
-    assert real.source() == ("CIFAR-10 (val = official test batch, 10000 images), paper profile, NVIDIA H200, "
+    assert source_line(real) == ("CIFAR-10 (val = official test batch, 10000 images), paper profile, NVIDIA H200, "
                              "fp32, 300 epochs [r64]")
     r = row(table1([real]), "RobustResNet64")
     assert (r["Best Val Acc (%)"], r["Final Val Acc (%)"]) == ("96.93", "96.93")
@@ -149,7 +149,7 @@ def test_what_does_and_does_not_count_as_a_change(tmp_path):
     same = load_run(fake_run(tmp_path / "same", "robust_resnet64", FULL + [0.9], dropout=0.1, seed=7,
                              loader="torchvision", num_workers=2, device="cuda", compile=True, progress=False,
                              data_dir="elsewhere", download=True, amp=False, amp_dtype="float16"))
-    assert same.shortfalls() == [] and "fp16 AMP" in same.source()
+    assert same.shortfalls() == [] and "fp16 AMP" in source_line(same)
     # anything that changes what is computed counts, each named as the option a user would set
     changed = load_run(fake_run(tmp_path / "changed", "light_resnet18_v2", FULL + [0.9], label_smoothing=0.0,
                                 weight_decay=1e-4, val_source="holdout", stochastic_depth_rate=0.2))
@@ -173,7 +173,7 @@ def test_what_does_and_does_not_count_as_a_change(tmp_path):
     old_r64 = older(fake_run(tmp_path / "old_r64", "robust_resnet64", FULL + [0.9]))
     # RobustResNet64 has neither SE nor stochastic depth: only the initialisation differed
     assert old_r64.shortfalls() == ["init default", "not recorded: momentum"]
-    assert ", paper profile, device not recorded, precision not recorded:" in old_r64.source()
+    assert ", paper profile, device not recorded, precision not recorded:" in source_line(old_r64)
     old_v2 = older(fake_run(tmp_path / "old_v2", "light_resnet18_v2", FULL + [0.9]))
     assert old_v2.shortfalls() == ["se_position output", "stochastic_depth_mode row", "init default",
                                    "not recorded: momentum"]
