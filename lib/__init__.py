@@ -18,9 +18,9 @@ The report's core, in the order data flows (a module imports only those above it
 
 Under it, two packages the core stands on and a reader can take on trust: ``lib.sources`` (the official release's
 layout, MD5s and --download; synthetic files in its format for the smoke profile and the tests) and ``lib.guard``
-(the run-folder lock and signals, a failed write explained). Beside it, each concern in its own package, importing
-the core and never imported by it (torchrun aside): ``lib.colab`` (the notebooks' set-up, what they call, Google
-Drive), ``lib.scale`` (Ray Tune sweeps, torchrun), ``lib.analysis`` (failures, calibration, corruptions),
-``lib.bench`` (speed, ``make gpu-check``).
+(the run-folder lock and signals, a failed write explained, stopping early alike on every rank). Beside it, each
+concern in its own package, importing the core and never imported by it (torchrun aside): ``lib.colab`` (the
+notebooks' set-up, what they call, Google Drive), ``lib.scale`` (Ray Tune sweeps, torchrun), ``lib.analysis``
+(failures, calibration, corruptions), ``lib.bench`` (speed, ``make gpu-check``).
 """
 __version__ = "0.1.0"

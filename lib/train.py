@@ -1,5 +1,5 @@
 """One training run: the recipe's pieces (lib.recipe) in a loop over epochs, per-epoch history and atomic
-checkpoints (lib.checkpoint), partial schedules, and torchrun processes that stop together (lib.scale.distributed).
+checkpoints (lib.checkpoint), partial schedules (lib.guard.stopping), and torchrun processes (lib.scale.distributed).
 
     python -m lib.train --model robust_resnet64 --data-dir data --out runs/robust64
     python -m lib.train --profile smoke --model light_resnet18 --out runs/smoke   # tiny, CPU, synthetic data
@@ -16,7 +16,6 @@ code 74; the folder keeps the epochs before, complete.
 from __future__ import annotations
 
 import dataclasses
-import math
 import shlex
 import sys
 import time
@@ -32,24 +31,15 @@ from .checkpoint import CHECKPOINT_FORMAT, device_name, git_commit, open_run, sa
 from .common import ArgumentParser, UserError, amp_dtype, resolve_device, run_cli, seed_everything
 from .config import RunConfig, add_config_arguments, make_config, save_config
 from .data import channel_stats, load_splits
-from .guard.runlock import (Terminated, hold_run_dir, interrupts_handled, pending_signal, raise_for,
-                            signals_deferred)
+from .guard import stopping
+from .guard.runlock import Terminated, hold_run_dir, interrupts_handled, signals_deferred
+from .guard.stopping import CHECK_FINITE_EVERY, UNTIMED_STEPS, DivergedError
 from .guard.writes import WriteFailedError
 from .models import build, count_parameters
 from .recipe import (compile_model, epoch_seed, evaluate, load_optimizer_state, make_criterion, make_optimizer,
                      make_scheduler, stochastic_depth_coins, train_step)
 from .scale import distributed
 from .sources.synthetic import ensure_smoke_data
-
-CHECK_FINITE_EVERY = 50  # steps between host syncs that check the loss (and refresh the progress bar)
-# --time-limit extrapolates a process's first epoch from the steps after these: compilation, cuDNN autotuning and
-# CUDA graph capture happen in them once, not in every epoch
-UNTIMED_STEPS = 3
-
-
-class DivergedError(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
 
 def _show_progress(cfg: RunConfig) -> bool:
     """Bars on a terminal or in a notebook (tqdm.auto draws a widget); redirected to a log, one line an epoch.
@@ -84,7 +74,7 @@ def train(cfg: RunConfig, on_epoch: Callable[[dict[str, Any]], None] | None = No
     if not ctx.is_main:  # rank 0 alone holds and writes the run folder and shows progress
         cfg = dataclasses.replace(cfg, progress=False)
     try:
-        # torchrun: a signal to any rank stops all of them at the same step (pending_signal, _check_in)
+        # torchrun: a signal to any rank stops all of them at the same step (lib.guard.stopping)
         with hold_run_dir(run_dir) if ctx.is_main else nullcontext(), interrupts_handled(shared=ctx.active):
             return _train_held(cfg, model_config, ctx.device(device), run_dir, on_epoch, ctx, started)
     finally:
@@ -171,7 +161,8 @@ def _train_held(cfg: RunConfig, model_config: dict[str, Any], device: torch.devi
     epoch, stopped, next_epoch_seconds = start_epoch, None, None
     try:
         for epoch in range(start_epoch, stop_epoch):
-            stopped = _stop_before_epoch(cfg, ctx, started, next_epoch_seconds)
+            elapsed = time.monotonic() - started if started is not None else 0.0
+            stopped = stopping.stop_before_epoch(cfg.time_limit, ctx, elapsed, next_epoch_seconds)
             if stopped:
                 break
             seed_everything(epoch_seed(cfg.seed, epoch) + ctx.seed_offset())  # each rank its own augmentation
@@ -191,8 +182,8 @@ def _train_held(cfg: RunConfig, model_config: dict[str, Any], device: torch.devi
                    "train_acc_dominant": train_acc_dominant, "val_loss": val_loss, "val_acc": val_acc,
                    "best_val_acc": best_val_acc, "epoch_seconds": time.perf_counter() - t0}
             history.append(row)
-            if not ctx.is_main:  # rank 0's time, with its checkpoint, is the larger one (_stop_before_epoch)
-                next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
+            if not ctx.is_main:  # rank 0's time, with its checkpoint, is the larger one (stopping.stop_before_epoch)
+                next_epoch_seconds = stopping.next_epoch_seconds(time.perf_counter() - t0, timing)
                 continue
             # Order: last.pt, best.pt, history.csv, with Ctrl-C/SIGTERM held back meanwhile. A kill -9 in
             # between leaves history.csv (and best.pt) one epoch behind last.pt, never ahead; catch_up on
@@ -205,7 +196,7 @@ def _train_held(cfg: RunConfig, model_config: dict[str, Any], device: torch.devi
             if on_epoch is not None:
                 on_epoch(dict(row))
             # training, validation, checkpoint and callback
-            next_epoch_seconds = _next_epoch_seconds(time.perf_counter() - t0, timing)
+            next_epoch_seconds = stopping.next_epoch_seconds(time.perf_counter() - t0, timing)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lib.guard.runlock.Terminated)
         why = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{why} during epoch {epoch + 1}/{cfg.epochs}: it is abandoned; {run_dir} keeps epochs 1-"
@@ -225,59 +216,6 @@ def _train_held(cfg: RunConfig, model_config: dict[str, Any], device: torch.devi
             "schedule": cfg.schedule_words(done)}
 
 
-
-
-def _stop_before_epoch(cfg: RunConfig, ctx: distributed.Context, started: float | None,
-                       next_epoch_seconds: float | None) -> str | None:
-    """Why to stop before the next epoch (None: go on), the same on every rank: under torchrun the ranks'
-    elapsed times, predictions and pending signals are maxed over the ranks first. A signal raises here."""
-    elapsed = time.monotonic() - started if started is not None else 0.0
-    signum = pending_signal()
-    if ctx.active:
-        elapsed, predicted, signum = ctx.max_over_ranks(
-            elapsed, -1.0 if next_epoch_seconds is None else next_epoch_seconds, signum)
-        next_epoch_seconds = None if predicted < 0 else predicted
-    if signum:
-        raise_for(int(signum))
-    if cfg.time_limit is None or next_epoch_seconds is None:
-        return None
-    return _out_of_time(cfg.time_limit, elapsed, next_epoch_seconds)
-
-
-def _out_of_time(limit_minutes: float, elapsed: float, next_epoch_seconds: float) -> str | None:
-    """Why to stop before the next epoch (None: it is predicted to fit): the next epoch is predicted to take
-    ``next_epoch_seconds`` (_next_epoch_seconds), plus 5%."""
-    if elapsed + 1.05 * next_epoch_seconds > 60 * limit_minutes:
-        return (f"--time-limit {limit_minutes:g} minutes: {elapsed / 60:.1f} minutes gone, the next epoch "
-                f"(about {next_epoch_seconds:.0f} s) would not fit")
-    return None
-
-
-def _next_epoch_seconds(epoch_seconds: float, timing: dict[str, float] | None) -> float:
-    """The next epoch takes as long as this one did (training, validation, checkpoint), except that in a
-    process's first epoch (``timing`` from _train_epoch) the first UNTIMED_STEPS steps, which compile and
-    autotune, are counted as long as the steps after them."""
-    if not timing or "warm_at" not in timing:
-        return epoch_seconds
-    steady = (timing["end"] - timing["warm_at"]) * timing["steps"] / (timing["steps"] - timing["warm_step"])
-    return epoch_seconds - (timing["end"] - timing["start"]) + steady
-
-
-def _check_in(ctx: distributed.Context, mean_loss: float, epoch: int, step: int, last_path: Path) -> None:
-    """Stop here if the loss is not finite or a signal came, on any rank: every rank checks in at the same
-    steps, so all of them stop together and none waits in a collective for one that left."""
-    diverged = 0 if math.isfinite(mean_loss) else ctx.rank + 1
-    signum = pending_signal()
-    if ctx.active:
-        diverged, signum = ctx.max_over_ranks(diverged, signum)
-    if diverged:
-        what = f"loss became {mean_loss}" if not math.isfinite(mean_loss) else \
-            f"loss became non-finite in process {int(diverged) - 1}"
-        raise DivergedError(
-            f"{what} at epoch {epoch + 1}, step {step}; stopped. Last good "
-            f"checkpoint: {last_path if last_path.exists() else 'none yet'}. Try a lower --lr.")
-    if signum:
-        raise_for(int(signum))
 
 
 def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch,
@@ -309,7 +247,7 @@ def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion,
             timing.update(warm_step=step, warm_at=time.perf_counter(), steps=steps)
         if step % CHECK_FINITE_EVERY == 0 or step == steps:
             mean_loss = loss_sum.item() / step  # one host sync every CHECK_FINITE_EVERY steps
-            _check_in(ctx, mean_loss, epoch, step, last_path)
+            stopping.check_in(ctx, mean_loss, epoch, step, last_path)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", refresh=False)
     bar.close()
     if timing is not None:

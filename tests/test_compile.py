@@ -20,7 +20,7 @@ import shutil
 import pytest
 import torch
 
-import lib.train as train_mod
+import lib.guard.stopping as stopping
 from lib.config import make_config
 from lib.train import train
 
@@ -54,13 +54,13 @@ def test_compiled_training_matches_eager_and_never_recompiles(smoke_root, tmp_pa
                                counters["aot_autograd"]["total"]))
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # from here on a recompile raises
 
-    real_out_of_time = train_mod._out_of_time
+    real_out_of_time = stopping.out_of_time
 
     def out_of_time(limit_minutes, elapsed, next_epoch_seconds):  # --time-limit's prediction, recorded
         predictions.append(next_epoch_seconds)
         return real_out_of_time(limit_minutes, elapsed, next_epoch_seconds)
 
-    monkeypatch.setattr(train_mod, "_out_of_time", out_of_time)
+    monkeypatch.setattr(stopping, "out_of_time", out_of_time)
     compiled = train(make_config("smoke", out=str(tmp_path / "compiled"), compile=True, time_limit=60.0,
                                  **settings), on_epoch=after_epoch)["history"]
     # one frame, one graph without breaks, its forward and backward compiled: and nothing more in epoch 2,
