@@ -16,7 +16,9 @@ from lib.analysis.analyze import (apply_temperature, expected_calibration_error,
 from lib.common import run_cli
 from lib.config import make_config
 from lib.analysis.corruptions import CONSTANTS, CORRUPTIONS, corrupt
-from lib.data import CIFAR10_CLASSES, META, SMOKE_MARKER, TEST_BATCH, load_cifar10
+from lib.data import META, TEST_BATCH, load_cifar10
+from lib.sources.official import CIFAR10_CLASSES
+from lib.sources.pickles import SMOKE_MARKER
 from lib.analysis.plots import augmentation_grid
 from lib.predict import evaluate
 from lib.train import train

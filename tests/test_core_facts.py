@@ -608,10 +608,10 @@ def _write(path, obj):
 def test_official_rows_are_r_then_g_then_b_planes_row_major(tmp_path):
     """Row layout (the CIFAR-10 page): 1024 red values, 1024 green, 1024 blue, each plane row by row. Pixel (y, x)
     of channel c is row[c * 1024 + 32 * y + x]: with distinct values per position the image is fixed by hand."""
-    from lib.data import _read_batch
+    from lib.sources.pickles import read_batch
     row = np.arange(3072) % 251  # position-dependent values 0..250
     labels = [9, 0]
-    x, y = _read_batch(_write(tmp_path / "b", {b"data": np.stack([row, row[::-1]]).astype(np.uint8),
+    x, y = read_batch(_write(tmp_path / "b", {b"data": np.stack([row, row[::-1]]).astype(np.uint8),
                                                b"labels": labels}))
     assert x.shape == (2, 32, 32, 3) and x.dtype == np.uint8 and y.tolist() == [9, 0] and y.dtype == np.int64
     for c, yy, xx in [(0, 0, 1), (1, 0, 0), (2, 5, 7), (0, 31, 2), (2, 31, 31)]:
@@ -625,24 +625,24 @@ def test_official_rows_are_r_then_g_then_b_planes_row_major(tmp_path):
                                            ([0.0, 1.0], "labels have dtype float64")])
 def test_labels_outside_0_9_are_refused(tmp_path, labels, needle):
     from lib.common import UserError
-    from lib.data import _read_batch
+    from lib.sources.pickles import read_batch
     path = _write(tmp_path / "b", {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
     with pytest.raises(UserError, match=needle):
-        _read_batch(path)
+        read_batch(path)
 
 
 @pytest.mark.parametrize("value,ok", [(255, True), (0, True), (256, False), (-1, False)])
 def test_integer_pixels_must_fit_a_byte(tmp_path, value, ok):
     from lib.common import UserError
-    from lib.data import _read_batch
+    from lib.sources.pickles import read_batch
     data = np.zeros((1, 3072), np.int64)
     data[0, 5] = value
     path = _write(tmp_path / "b", {b"data": data, b"labels": [1]})
     if ok:
-        assert _read_batch(path)[0][0, 0, 5, 0] == value
+        assert read_batch(path)[0][0, 0, 5, 0] == value
     else:
         with pytest.raises(UserError, match=rf"pixel values span {min(value, 0)}..{max(value, 0)}; expected 0..255"):
-            _read_batch(path)
+            read_batch(path)
 
 
 # ------------------------------------------------------------------------------------------ Kaggle pickle ids
@@ -743,10 +743,10 @@ def test_format_1_checkpoints_read_as_the_models_they_were(tmp_path):
                                         ({b"data": np.zeros((1, 3072), np.uint8)}, "no 'labels' entry (keys: data)")])
 def test_batch_without_its_entries_is_named(tmp_path, obj, needle):
     from lib.common import UserError
-    from lib.data import _read_batch
+    from lib.sources.pickles import read_batch
     path = _write(tmp_path / "data_batch_1", obj)
     with pytest.raises(UserError) as err:
-        _read_batch(path)
+        read_batch(path)
     assert str(err.value) == f"{path}: {needle}"
 
 
@@ -769,10 +769,10 @@ def test_original_log_fields_and_an_empty_log(tmp_path):
 def test_training_batches_take_only_the_official_rows(tmp_path):
     """HWC arrays are a Kaggle-pickle layout only: a training batch holding one is refused by name."""
     from lib.common import UserError
-    from lib.data import _read_batch, restricted_load
+    from lib.sources.pickles import read_batch, restricted_load
     path = _write(tmp_path / "data_batch_1", {b"data": np.zeros((2, 32, 32, 3), np.uint8), b"labels": [0, 1]})
     with pytest.raises(UserError) as err:
-        _read_batch(path)
+        read_batch(path)
     assert str(err.value) == f"{path}: image data has shape 2 x 32 x 32 x 3; expected N x 3072"
     (tmp_path / "bad.pkl").write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00a\xff.")
     with pytest.raises(UserError, match=r"bad\.pkl: not a readable pickle \(UnpicklingError: "):

@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-import lib.data as data_mod
 import lib.sources.official as official_mod
 from lib.common import UserError
 from lib.data import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES, load_cifar10, load_splits
+from lib.sources.pickles import SMOKE_MARKER
 from lib.sources.synthetic import write_smoke_dataset
 
 FILES = (*TRAIN_BATCHES, TEST_BATCH, META)
@@ -88,7 +88,7 @@ def test_official_release_is_recognised_by_the_batches_md5(tmp_path, monkeypatch
     """A copy with other bytes (e.g. JPEG-decoded) is CIFAR-10 but not the official release; synthetic is None."""
     root = write_smoke_dataset(tmp_path / "copy", per_batch=20, test_count=20, kaggle_count=10)
     meta = pickle.loads((root / META).read_bytes(), encoding="bytes")
-    del meta[data_mod.SMOKE_MARKER.encode()]  # now it reads as (a copy of) CIFAR-10
+    del meta[SMOKE_MARKER.encode()]  # now it reads as (a copy of) CIFAR-10
     (root / META).write_bytes(pickle.dumps(meta, protocol=2))
 
     copy = load_splits(tmp_path / "copy")

@@ -17,7 +17,8 @@ import lib.predict
 import lib.train
 from lib.checkpoint import load_model, read_checkpoint
 from lib.common import UserError, run_cli
-from lib.data import load_cifar10, load_kaggle_test, restricted_load
+from lib.data import load_cifar10, load_kaggle_test
+from lib.sources.pickles import restricted_load
 from lib.models import build_model
 
 

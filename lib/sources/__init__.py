@@ -1,3 +1,4 @@
-"""Where the CIFAR-10 files come from: the official release (``official``: its layout and MD5s, ``--download``) and
-synthetic files in the same format for the smoke profile and the tests (``synthetic``). ``lib.data`` reads both.
+"""The CIFAR-10 files: the official release's layout, MD5s and ``--download`` (``official``), its pickle format read
+safely, nothing but numpy arrays and plain containers admitted (``pickles``), and synthetic files in the same format
+for the smoke profile and the tests (``synthetic``). ``lib.data`` turns them into a run's arrays.
 """

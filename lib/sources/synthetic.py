@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..common import atomic_path
-from ..data import CIFAR10_CLASSES, KAGGLE_HWC, KAGGLE_ROWS, SMOKE_MARKER, has_any_cifar_file
-from .official import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES
+from ..data import KAGGLE_HWC, KAGGLE_ROWS, has_any_cifar_file
+from .official import BATCH_DIR, CIFAR10_CLASSES, META, TEST_BATCH, TRAIN_BATCHES
+from .pickles import SMOKE_MARKER
 
 # One flip-invariant shape per class, drawn in the class's own hue at a random place and size: a small CNN
 # tells them apart within a few hundred steps, even through crops, flips, rotations, colour jitter,
