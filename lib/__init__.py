@@ -13,14 +13,15 @@ The report's core, in the order data flows (a module imports only those above it
     checkpoint    the run folder: checkpoints, history.csv, resume checks, each epoch's files
     train         one run: the loop over epochs (torchrun: lib.scale.distributed)   python -m lib.train --help
     predict       flip-TTA predictions, a Kaggle submission   python -m lib.predict --help
-    runs          run folders as the report reads them, and the original team's logs (report/reference/)
+    runs          run folders as the report reads them, and whether a run is a reproduction
     report        Figure 1 and Table 1        python -m lib.report --help
 
-Under it, two packages the core stands on and a reader can take on trust: ``lib.sources`` (the official
-release's layout, MD5s and --download; its pickles read safely; synthetic files in its format for the smoke profile
-and the tests) and ``lib.guard`` (the run-folder lock and signals, a failed write explained, stopping early alike on
-every rank). Beside it, each concern in its own package, importing the core and never imported by it (torchrun
-aside): ``lib.colab`` (the notebooks' set-up, what they call, Google Drive), ``lib.scale`` (Ray Tune sweeps,
-torchrun), ``lib.analysis`` (failures, calibration, corruptions), ``lib.bench`` (speed, ``make gpu-check``).
+Under it, two packages the core stands on and a reader can take on trust: ``lib.sources`` (what comes from
+outside: the official release's layout, MD5s and --download, its pickles read safely, synthetic files in its format
+for the smoke profile and the tests, the original team's published logs) and ``lib.guard`` (the run-folder lock and
+signals, a failed write explained, stopping early alike on every rank). Beside it, each concern in its own package,
+importing the core and never imported by it (torchrun aside): ``lib.colab`` (the notebooks' set-up, what they call,
+Google Drive), ``lib.scale`` (Ray Tune sweeps, torchrun), ``lib.analysis`` (failures, calibration, corruptions),
+``lib.bench`` (speed, ``make gpu-check``).
 """
 __version__ = "0.1.0"

@@ -4,19 +4,14 @@
 
 Figure 1 ("Training vs. Best Validation Accuracy per Epoch"): one run, as in the report -- green per-epoch
 training accuracy (history.csv's train_acc), blue best-validation-accuracy-so-far -- on the x axis of the run's
-whole schedule, with the same model's original log (``lib.runs``) over that schedule as thin dashed lines: a
-run part-way through shows where the original run went from there.
+whole schedule, with the same model's original log (``lib.sources.original_logs``) over that schedule as thin
+dashed lines: a run part-way through shows where the original run went from there.
 
 Table 1: one row per model of the report's Table 1 (all four, always), #Params/N/B/C from
 ``lib.models.model_summary``, the measured best and final-epoch validation accuracy next to the report's own
 number and the best of the original team's log, and a Source column saying which data, device, precision and
-epochs the measured numbers came from.
-
-Only a reproduction (``lib.runs``: CIFAR-10, every epoch of the paper profile's schedule, no recipe setting
-changed) puts numbers in the measured columns; any other run is named in Source, marked "NOT a reproduction" with
-every differing setting ("5 of 300 epochs (5-epoch schedule); dropout 0.2"), and Figure 1's subtitle says the same.
-A copy of CIFAR-10 that is not the official release is labelled as a copy. Of several runs of one model, the table
-and the figure take the newest (history.csv written last), never the best.
+epochs the measured numbers came from. Only a reproduction (``lib.runs``) puts numbers in the measured columns;
+any other run is named in Source, and in Figure 1's subtitle, with every way it differs.
 """
 from __future__ import annotations
 
@@ -36,7 +31,8 @@ from matplotlib.ticker import MaxNLocator, MultipleLocator
 
 from .common import ArgumentParser, UserError, atomic_path, run_cli
 from .models import REPORTED, as_recorded, build_model, model_summary
-from .runs import NOT_A_REPRODUCTION, Run, load_run, log_difference, newest, original_log
+from .runs import NOT_A_REPRODUCTION, Run, load_run, newest
+from .sources.original_logs import log_difference, original_log
 
 # Settings that change regularisation, not the architecture: a run with dropout 0.2 is still its Table-1 row.
 REGULARISATION_KEYS = ("dropout", "stochastic_depth_rate")

@@ -753,7 +753,7 @@ def test_batch_without_its_entries_is_named(tmp_path, obj, needle):
 # ------------------------------------------------------------------------------------------- original logs
 def test_original_log_fields_and_an_empty_log(tmp_path):
     from lib.common import UserError
-    from lib.runs import original_log
+    from lib.sources.original_logs import original_log
     log = original_log("robust_resnet64")
     assert log.model == "robust_resnet64" and log.citation.endswith(", 0.87709 - Best Model/0_87709.ipynb")
     assert "AlperMumcular/DL-Project1" in log.citation

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from lib.common import UserError
-from lib.runs import LOGS, REFERENCE_DIR, log_difference, original_log
+from lib.sources.original_logs import LOGS, REFERENCE_DIR, log_difference, original_log
 
 
 def test_the_three_surviving_logs_as_the_notebooks_printed_them():
