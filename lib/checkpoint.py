@@ -26,7 +26,7 @@ import torch.nn as nn
 from . import __version__
 from .common import UserError, atomic_path, atomic_torch_save
 from .config import MODEL_FIELDS, RESUME_MAY_CHANGE, RunConfig
-from .guard.writes import write_or_explain
+from .guard.writes import torch_save_size, write_or_explain
 from .models import as_recorded, build_model
 
 # 2: the original notebooks' models and recipe (SE on the block input, whole-batch stochastic depth, Kaiming init,
@@ -69,7 +69,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """``(model in eval mode on device, checkpoint dict)``: the model rebuilt from the checkpoint's own
-    ``model_config`` with its weights."""
+    ``model_config`` with its weights. A run folder stands for its best.pt."""
+    path = Path(path) / "best.pt" if Path(path).is_dir() else path
     ckpt = read_checkpoint(path, map_location=device)
     try:
         model = build_model(**ckpt["model_config"])
@@ -94,11 +95,17 @@ HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "train_acc_dominant"
                   "best_val_acc", "epoch_seconds")
 
 
+def history_csv(rows: list[dict[str, Any]]) -> str:
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, lineterminator="\r\n")  # csv's default line ending
+    w.writeheader()
+    w.writerows(rows)
+    return text.getvalue()
+
+
 def write_history(rows: list[dict[str, Any]], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(history_csv(rows).encode())
 
 
 def git_commit() -> str | None:
@@ -195,25 +202,13 @@ def save_epoch(state: dict[str, Any], run_dir: Path, is_best: bool) -> None:
     epoch before, complete; after it, --resume levels best.pt and history.csv with it (catch_up)."""
     epoch, history = state["epoch"], state["history"]
 
-    def checkpoint_bytes() -> int:
-        buffer = io.BytesIO()
-        try:
-            torch.save(state, buffer)
-        except Exception:  # noqa: BLE001 - only a size for the message: the tensors' bytes, nearly all of it
-            return sum(t.numel() * t.element_size() for d in (state["model"], *state["optimizer"]["state"].values())
-                       for t in d.values() if isinstance(t, torch.Tensor))
-        return buffer.tell()
-
-    def history_bytes() -> int:
-        tmp = io.StringIO()
-        w = csv.DictWriter(tmp, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(history)
-        return len(tmp.getvalue().encode())
+    def checkpoint_bytes() -> int:  # for the message, computed only when a write fails
+        return torch_save_size(state)
 
     write_or_explain(run_dir / "last.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
                      epoch - 1)
     if is_best:
         write_or_explain(run_dir / "best.pt", lambda p: atomic_torch_save(state, p), checkpoint_bytes, run_dir,
                          epoch)
-    write_or_explain(run_dir / "history.csv", lambda p: write_history(history, p), history_bytes, run_dir, epoch)
+    write_or_explain(run_dir / "history.csv", lambda p: write_history(history, p),
+                     lambda: len(history_csv(history).encode()), run_dir, epoch)

@@ -21,23 +21,11 @@ import torch.nn as nn
 from torchvision.transforms.v2 import functional as F
 
 from .augment import resolve_channels_last
-from .checkpoint import load_model
+from .checkpoint import load_model as load_checkpoint  # a run folder or its best.pt
 from .common import ArgumentParser, UserError, amp_dtype, atomic_path, resolve_device, run_cli
 from .config import RunConfig
 
 SUBMISSION_HEADER = ("ID", "Labels")  # exactly what the Kaggle competition expects
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model from the checkpoint's own ``model_config`` and load its weights.
-
-    Returns ``(model in eval mode on device, checkpoint dict)``. A run folder is accepted too (its best.pt).
-    Any unreadable, truncated or foreign file is a UserError naming it (``lib.checkpoint``, shared with resume).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    return load_model(path, device)
 
 
 def _softmax_passes(model: nn.Module, images: np.ndarray, mean, std, flips: tuple[bool, ...],

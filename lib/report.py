@@ -65,19 +65,6 @@ def log_comparison(runs: list[Run]) -> pd.DataFrame:
                                        "Train loss MAE", "Original log"])
 
 
-def runs_overview(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: model, data, device, precision, epochs, best and final validation accuracy, and whether it
-    is a reproduction (else every way it differs) -- notebook 04's overview before Figure 1 and Table 1."""
-    return pd.DataFrame([{"run": str(r.path), "model": r.config.model, "data": r.data_label, "device": r.device_label,
-                          "precision": r.precision, "epochs": f"{r.epochs_done} of {r.config.epochs}",
-                          "best val acc (%)": round(100 * r.best_val_acc, 2),
-                          "final val acc (%)": round(100 * r.final_val_acc, 2),
-                          "a reproduction": "yes" if r.is_real else "no: " + "; ".join(r.shortfalls())}
-                         for r in runs],
-                        columns=["run", "model", "data", "device", "precision", "epochs", "best val acc (%)",
-                                 "final val acc (%)", "a reproduction"])
-
-
 def source_line(run: Run, result: bool = True) -> str:
     """Which data, validation set, device, precision and epochs a run's numbers come from, in one line (Table 1's
     Source, Figure 1's subtitle).

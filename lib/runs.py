@@ -197,10 +197,3 @@ def newest_per_model(runs: list[Run]) -> list[Run]:
         by_model.setdefault(r.config.model, []).append(r)
     order = [m for m in REPORTED if m in by_model] + sorted(set(by_model) - set(REPORTED))
     return [newest(by_model[m]) for m in order]
-
-
-def default_runs(runs_dir: str | os.PathLike = "runs", profile: str = "paper") -> list[Path]:
-    """Notebook 04's default: every run folder directly in ``runs_dir`` trained with ``profile``, newest per model."""
-    found = [load_run(p.parent) for p in sorted(Path(runs_dir).glob("*/history.csv"))
-             if (p.parent / "config.json").is_file()]
-    return [r.path for r in newest_per_model([r for r in found if r.config.profile == profile])]

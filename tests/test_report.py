@@ -15,7 +15,8 @@ from lib.config import make_config, save_config
 from lib.models import build_model, count_parameters
 from lib.report import (FIGURE_TITLE, NOT_A_REPRODUCTION, TABLE_COLUMNS, log_comparison, main, pick_figure_run,
                         plot_figure1, source_line, table1, write_table1)
-from lib.runs import default_runs, load_run
+from lib.colab.runs import default_runs
+from lib.runs import load_run
 from lib.train import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import torch
 import lib.checkpoint as checkpoint_mod
 import lib.train as train_mod
 from lib.checkpoint import HISTORY_FIELDS
-from lib.guard.writes import WriteFailedError, write_or_explain
+from lib.guard.writes import WriteFailedError, torch_save_size, write_or_explain
 from lib.common import run_cli
 from lib.config import make_config
 from lib.recipe import make_optimizer, make_scheduler
@@ -278,3 +278,13 @@ def test_other_runtime_errors_keep_their_traceback(tmp_path):
 
     with pytest.raises(RuntimeError, match="a bug"):
         write_or_explain(tmp_path / "last.pt", write, lambda: 1, tmp_path, 1)
+
+
+def test_the_size_a_failed_write_needed_is_what_torch_save_writes(tmp_path):
+    state = {"model": {"w": torch.zeros(1000)}, "optimizer": {"state": {0: {"m": torch.ones(10, dtype=torch.float64)}}}}
+    torch.save(state, tmp_path / "s.pt")
+    # the same bytes but for the archive's record names (a file's stem in place of "archive")
+    assert torch_save_size(state) == pytest.approx((tmp_path / "s.pt").stat().st_size, rel=0.05)
+    # what torch.save cannot write at all (a lambda inside): the tensors' bytes, 4,000 + 80
+    assert torch_save_size({**state, "callback": lambda: 0}) == 4080
+

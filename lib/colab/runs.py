@@ -154,17 +154,39 @@ def smoke_run(model: str, runs_dir: str | os.PathLike = "runs") -> Path:
     return run
 
 
+def default_runs(runs_dir: str | os.PathLike = "runs", profile: str = "paper") -> list[Path]:
+    """Notebook 04's default: every run folder directly in ``runs_dir`` trained with ``profile``, newest per model."""
+    from ..runs import load_run, newest_per_model
+
+    found = [load_run(p.parent) for p in sorted(Path(runs_dir).glob("*/history.csv"))
+             if (p.parent / "config.json").is_file()]
+    return [r.path for r in newest_per_model([r for r in found if r.config.profile == profile])]
+
+
+def runs_overview(runs: list):
+    """A pandas DataFrame, one row per run: model, data, device, precision, epochs, best and final validation accuracy, and whether it
+    is a reproduction (else every way it differs) -- notebook 04's overview before Figure 1 and Table 1."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run": str(r.path), "model": r.config.model, "data": r.data_label, "device": r.device_label,
+                          "precision": r.precision, "epochs": f"{r.epochs_done} of {r.config.epochs}",
+                          "best val acc (%)": round(100 * r.best_val_acc, 2),
+                          "final val acc (%)": round(100 * r.final_val_acc, 2),
+                          "a reproduction": "yes" if r.is_real else "no: " + "; ".join(r.shortfalls())}
+                         for r in runs],
+                        columns=["run", "model", "data", "device", "precision", "epochs", "best val acc (%)",
+                                 "final val acc (%)", "a reproduction"])
+
+
 def report_runs(profile: str, model: str, runs: Iterable[str | os.PathLike] | None = None,
                 runs_dir: str | os.PathLike = "runs") -> list[Path]:
     """Notebook 04's run folders: ``runs`` as given; else under the smoke profile the smoke run (``smoke_run``);
-    else the newest paper-profile run of each model in ``runs_dir`` (lib.runs.default_runs: never the best of
+    else the newest paper-profile run of each model in ``runs_dir`` (``default_runs``: never the best of
     several experiments). Empty when there is none."""
     if runs is not None:
         return [Path(r) for r in runs]
     if profile == "smoke":
         return [smoke_run(model, runs_dir)]
-    from ..runs import default_runs
-
     return default_runs(runs_dir)
 
 

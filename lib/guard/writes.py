@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import errno
 import gc
+import io
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import torch
 
 from ..common import UserError
 
@@ -79,3 +82,21 @@ def _free_space(path: Path) -> str:
 
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def torch_save_size(obj: Any) -> int:
+    """The bytes ``torch.save(obj)`` writes, saved to memory; should that fail too, its tensors' bytes (nearly all)."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(obj, buffer)
+        return buffer.tell()
+    except Exception:  # noqa: BLE001 - only a size for the message
+        return _tensor_bytes(obj)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    return sum(_tensor_bytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
