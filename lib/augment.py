@@ -114,6 +114,11 @@ def resolve_channels_last(channels_last: bool | None, device: torch.device | str
     return bool(channels_last)
 
 
+def memory_format(channels_last: bool | None, device: torch.device | str) -> torch.memory_format:
+    """``resolve_channels_last`` as the memory format to put tensors in."""
+    return torch.channels_last if resolve_channels_last(channels_last, device) else torch.contiguous_format
+
+
 def default_num_workers(device: torch.device | str) -> int:
     """Worker processes for the per-sample DataLoader: on CUDA up to 4 (the CPU only feeds the GPU); on CPU none,
     because the training step already uses every core through torch's intra-op threads."""
@@ -165,8 +170,7 @@ class TorchvisionLoader:
     def __init__(self, spec: AugmentSpec, x, y, mean, std, device, batch_size: int,
                  channels_last: bool | None = None, num_workers: int | None = None):
         self.device = torch.device(device)
-        self.memory_format = (torch.channels_last if resolve_channels_last(channels_last, self.device)
-                              else torch.contiguous_format)
+        self.memory_format = memory_format(channels_last, self.device)
         workers = num_workers if num_workers is not None else default_num_workers(self.device)
         # non-persistent workers: every epoch's workers are seeded afresh from the global torch RNG
         self.loader = DataLoader(ArrayDataset(x, y, train_transform(spec, mean, std)),
@@ -200,8 +204,7 @@ class DeviceLoader:
     def __init__(self, spec: AugmentSpec, x, y, mean, std, device, batch_size: int,
                  channels_last: bool | None = None, chunk_images: int | None = None):
         self.device = torch.device(device)
-        self.memory_format = (torch.channels_last if resolve_channels_last(channels_last, self.device)
-                              else torch.contiguous_format)
+        self.memory_format = memory_format(channels_last, self.device)
         self.x = _to_device_nchw(x, self.device)
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
         self.batch_size = min(batch_size, len(self.y))
@@ -236,8 +239,7 @@ class EvalLoader:
 
     def __init__(self, x, y, mean, std, device, batch_size: int = 256, channels_last: bool | None = None):
         self.device = torch.device(device)
-        self.memory_format = (torch.channels_last if resolve_channels_last(channels_last, self.device)
-                              else torch.contiguous_format)
+        self.memory_format = memory_format(channels_last, self.device)
         self.x = _to_device_nchw(x, self.device)
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64), device=self.device)
         self.mean = torch.tensor([float(m) for m in mean], device=self.device).view(-1, 1, 1)

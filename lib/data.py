@@ -14,8 +14,8 @@ import numpy as np
 
 from .common import UserError
 from .sources import official
-from .sources.official import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES
-from .sources.pickles import as_images, entry, as_dict, read_batch, read_meta, restricted_load
+from .sources.official import META, TEST_BATCH, TRAIN_BATCHES, find_cifar_dir
+from .sources.pickles import as_dict, as_images, entry, read_batch, read_meta, restricted_load
 
 KAGGLE_ROWS, KAGGLE_HWC = "kaggle_test.pkl", "kaggle_test_hwc.pkl"
 
@@ -44,43 +44,11 @@ class Splits:
     data_official: Optional[bool] = None  # the official release's files (their MD5s); None for synthetic data
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CIFAR-10 in the official python layout
-# ----------------------------------------------------------------------------------------------------------
-
-def _candidates(data_dir: Path) -> list[Path]:
-    return [data_dir / BATCH_DIR, data_dir]  # DATA_DIR/cifar-10-batches-py, or DATA_DIR being that folder
-
-
-def has_any_cifar_file(data_dir: Path) -> bool:
-    return any((d / name).exists() for d in _candidates(data_dir) for name in (*TRAIN_BATCHES, TEST_BATCH, META))
-
-
-def _complete_dir(data_dir: Path) -> Optional[Path]:
-    return next((d for d in _candidates(data_dir) if all((d / name).is_file() for name in TRAIN_BATCHES)), None)
-
-
-def find_cifar_dir(data_dir) -> Path:
-    """The folder holding data_batch_1..5: ``data_dir/cifar-10-batches-py`` or ``data_dir`` itself."""
-    data_dir = Path(data_dir)
-    if (found := _complete_dir(data_dir)) is not None:
-        return found
-    for d in _candidates(data_dir):  # a partial copy: say exactly what is missing
-        missing = [name for name in TRAIN_BATCHES if not (d / name).is_file()]
-        if len(missing) < len(TRAIN_BATCHES):
-            raise UserError(f"{d}: missing {', '.join(missing)} (the official layout has data_batch_1..5, "
-                            f"{TEST_BATCH} and {META}); re-fetch it with --download")
-    raise UserError(
-        f"no CIFAR-10 found: looked for data_batch_1..5 in {data_dir / BATCH_DIR} and in {data_dir}. "
-        f"Get it with --download (fetches the official archive, about 163 MB, and checks its MD5), or download "
-        f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into {data_dir}")
-
-
 def load_cifar10(data_dir, download: bool = False) -> CifarData:
     """Read the official python batches (also re-encoded copies and the smoke data; ``official`` says which)."""
     data_dir = Path(data_dir)
-    if download and _complete_dir(data_dir) is None:
-        official.download(data_dir)
+    if download:
+        official.download_if_missing(data_dir)
     root = find_cifar_dir(data_dir)
     batches = [read_batch(root / name) for name in TRAIN_BATCHES]
     train_x = np.concatenate([x for x, _ in batches])

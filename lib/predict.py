@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torchvision.transforms.v2 import functional as F
 
-from .augment import resolve_channels_last
+from .augment import memory_format
 from .checkpoint import load_model as load_checkpoint  # a run folder or its best.pt
 from .common import ArgumentParser, UserError, amp_dtype, atomic_path, resolve_device, run_cli
 from .config import RunConfig
@@ -38,8 +38,8 @@ def _softmax_passes(model: nn.Module, images: np.ndarray, mean, std, flips: tupl
     # once: F.normalize would copy them from Python lists on every batch, a host sync on CUDA
     mean_t, std_t = (torch.tensor([float(v) for v in values], device=device).view(1, -1, 1, 1)
                      for values in (mean, std))
-    memory_format = torch.channels_last if resolve_channels_last(None, device) else torch.contiguous_format
-    model.to(memory_format=memory_format)  # NHWC on CUDA, as in training; the weights' values are unchanged
+    layout = memory_format(None, device)
+    model.to(memory_format=layout)  # NHWC on CUDA, as in training; the weights' values are unchanged
     dtype = amp_dtype(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     model.eval()
@@ -48,7 +48,7 @@ def _softmax_passes(model: nn.Module, images: np.ndarray, mean, std, flips: tupl
         for start in range(0, len(images), batch_size):
             x = torch.tensor(images[start:start + batch_size]).to(device)  # a copy: pickled arrays may be read-only
             x = F.to_dtype(x.permute(0, 3, 1, 2), torch.float32, scale=True).sub_(mean_t).div_(std_t)
-            x = x.contiguous(memory_format=memory_format)
+            x = x.contiguous(memory_format=layout)
             for out, flip in zip(outs, flips):
                 logits = model(x.flip(3) if flip else x)  # dim 3 = width: a horizontal flip
                 out.append(torch.softmax(logits.float(), dim=1))

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from lib.common import UserError
-from lib.data import (BATCH_DIR, TRAIN_BATCHES, balanced_subset, channel_stats, find_cifar_dir, load_cifar10,
+from lib.data import (TRAIN_BATCHES, balanced_subset, channel_stats, find_cifar_dir, load_cifar10,
                       load_kaggle_test, load_splits, stratified_holdout)
+from lib.sources.official import BATCH_DIR
 from lib.sources.pickles import restricted_load
 from lib.sources.synthetic import ensure_smoke_data, write_smoke_dataset
 

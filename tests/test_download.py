@@ -11,7 +11,8 @@ import pytest
 
 import lib.sources.official as official_mod
 from lib.common import UserError
-from lib.data import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES, load_cifar10, load_splits
+from lib.data import load_cifar10, load_splits
+from lib.sources.official import BATCH_DIR, META, TEST_BATCH, TRAIN_BATCHES
 from lib.sources.pickles import SMOKE_MARKER
 from lib.sources.synthetic import write_smoke_dataset
 

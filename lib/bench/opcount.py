@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..augment import make_train_loader, resolve_channels_last
+from ..augment import make_train_loader, memory_format
 from ..config import RunConfig
 from ..models import build_model
 from ..recipe import make_criterion, make_optimizer, make_scheduler, train_step
@@ -42,7 +42,7 @@ class AtenOpCounter(TorchDispatchMode):
 def step_ops(cfg: RunConfig, name: str, device: torch.device, dtype, batch: int) -> int:
     """Aten ops of one ``lib.train.train_step`` of model ``name`` (its optimizer, scheduler and loss), counted on
     the step after a first one (which creates the optimizer's state). The count does not depend on ``batch``."""
-    fmt = torch.channels_last if resolve_channels_last(cfg.channels_last, device) else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last, device)
     model = build_model(name, **cfg.model_overrides()).to(device, memory_format=fmt).train()
     optimizer = make_optimizer(cfg, model)
     scheduler, criterion = make_scheduler(cfg, optimizer, 10), make_criterion(cfg)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..augment import make_train_loader, resolve_channels_last
+from ..augment import make_train_loader, memory_format, resolve_channels_last
 from ..common import amp_dtype
 from ..config import make_config
 from ..models import build_model
@@ -135,7 +135,7 @@ def bench_epoch(cfg, models, device, sizes, data_dir: str | None = None) -> dict
 
 def bench_inference(cfg, models, device, sizes) -> dict[str, float]:
     dtype = amp_dtype(device) if cfg.amp else None
-    fmt = torch.channels_last if resolve_channels_last(cfg.channels_last, device) else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last, device)
     bs = sizes["infer_batch"]
     out = {}
     for name in models:

@@ -164,8 +164,9 @@ def default_runs(runs_dir: str | os.PathLike = "runs", profile: str = "paper") -
 
 
 def runs_overview(runs: list):
-    """A pandas DataFrame, one row per run: model, data, device, precision, epochs, best and final validation accuracy, and whether it
-    is a reproduction (else every way it differs) -- notebook 04's overview before Figure 1 and Table 1."""
+    """Notebook 04's overview before Figure 1 and Table 1: a pandas DataFrame, one row per run (model, data, device,
+    precision, epochs, best and final validation accuracy, and whether it is a reproduction, else every way it
+    differs)."""
     import pandas as pd
 
     return pd.DataFrame([{"run": str(r.path), "model": r.config.model, "data": r.data_label, "device": r.device_label,

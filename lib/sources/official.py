@@ -33,6 +33,34 @@ OFFICIAL_MD5 = {
 }
 
 
+def _candidates(data_dir: Path) -> list[Path]:
+    return [data_dir / BATCH_DIR, data_dir]  # DATA_DIR/cifar-10-batches-py, or DATA_DIR being that folder
+
+
+def has_any_cifar_file(data_dir: Path) -> bool:
+    return any((d / name).exists() for d in _candidates(data_dir) for name in (*TRAIN_BATCHES, TEST_BATCH, META))
+
+
+def _complete_dir(data_dir: Path) -> Path | None:
+    return next((d for d in _candidates(data_dir) if all((d / name).is_file() for name in TRAIN_BATCHES)), None)
+
+
+def find_cifar_dir(data_dir) -> Path:
+    """The folder holding data_batch_1..5: ``data_dir/cifar-10-batches-py`` or ``data_dir`` itself."""
+    data_dir = Path(data_dir)
+    if (found := _complete_dir(data_dir)) is not None:
+        return found
+    for d in _candidates(data_dir):  # a partial copy: say exactly what is missing
+        missing = [name for name in TRAIN_BATCHES if not (d / name).is_file()]
+        if len(missing) < len(TRAIN_BATCHES):
+            raise UserError(f"{d}: missing {', '.join(missing)} (the official layout has data_batch_1..5, "
+                            f"{TEST_BATCH} and {META}); re-fetch it with --download")
+    raise UserError(
+        f"no CIFAR-10 found: looked for data_batch_1..5 in {data_dir / BATCH_DIR} and in {data_dir}. "
+        f"Get it with --download (fetches the official archive, about 163 MB, and checks its MD5), or download "
+        f"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into {data_dir}")
+
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)  # a checksum, not security: also allowed on FIPS systems
     with open(path, "rb") as f:
@@ -83,3 +111,9 @@ def download(data_dir: Path) -> None:
         (root / BATCH_DIR).mkdir(exist_ok=True)
         for name in wanted:  # each file appears whole (same filesystem: a rename)
             os.replace(staged / name, root / BATCH_DIR / name)
+
+
+def download_if_missing(data_dir: Path) -> None:
+    """``download`` unless ``data_dir`` (or its cifar-10-batches-py) already holds data_batch_1..5."""
+    if _complete_dir(Path(data_dir)) is None:
+        download(Path(data_dir))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..common import atomic_path
-from ..data import KAGGLE_HWC, KAGGLE_ROWS, has_any_cifar_file
-from .official import BATCH_DIR, CIFAR10_CLASSES, META, TEST_BATCH, TRAIN_BATCHES
+from ..data import KAGGLE_HWC, KAGGLE_ROWS
+from .official import BATCH_DIR, CIFAR10_CLASSES, META, TEST_BATCH, TRAIN_BATCHES, has_any_cifar_file
 from .pickles import SMOKE_MARKER
 
 # One flip-invariant shape per class, drawn in the class's own hue at a random place and size: a small CNN
