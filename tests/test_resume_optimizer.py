@@ -4,6 +4,7 @@ resuming a CPU-written run is the case that crashed (GradScaler passes its scale
 with, after load_state_dict had brought back the saved foreach flags); fused SGD and GradScaler("cpu") reproduce it
 on the CPU."""
 import io
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -131,3 +132,36 @@ def test_cuda_fp16_resumes_a_cpu_written_run(smoke_root, tmp_path, monkeypatch):
     buffers = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values() if s["momentum_buffer"].dim() == 4]
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     assert buffers and all(b.is_contiguous(memory_format=torch.channels_last) for b in buffers)
+
+
+def test_a_parameter_that_never_had_a_gradient_resumes_without_state():
+    """A block stochastic depth dropped at every step before the checkpoint: SGD never stepped its parameters, so
+    the saved state has no momentum buffer for them. Resuming keeps it so (foreach, this CPU), and the next step is
+    plain SGD-Nesterov's: the same weights as an optimizer given the state by torch's own load_state_dict."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(4, 3))  # the second layer: never used, never a gradient
+    opt = sgd(model, foreach=True)
+    torch.manual_seed(2)
+    model[0](torch.randn(5, 4)).square().mean().backward()
+    opt.step()
+    saved = opt.state_dict()
+    assert sorted(saved["state"]) == [0, 1]  # momentum for the first layer's weight and bias only
+
+    def resumed(load):
+        copy = nn.Sequential(nn.Linear(4, 3), nn.Linear(4, 3))
+        copy.load_state_dict(model.state_dict())
+        o = sgd(copy, foreach=True)
+        load(o, deepcopy(saved))  # fresh tensors, as from torch.load: load_state_dict keeps them, steps change them
+        for p in copy.parameters():
+            p.grad = torch.ones_like(p)  # now every parameter has a gradient
+        o.step()
+        return copy, o
+
+    ours, ours_opt = resumed(load_optimizer_state)
+    ref, _ = resumed(lambda o, s: o.load_state_dict(s))
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    # the never-stepped weight: its momentum starts at its first gradient g = 1 + wd * w; Nesterov steps lr * (g + m g)
+    w0 = model[1].weight.detach()
+    g = torch.ones_like(w0) + WD * w0
+    assert torch.allclose(ours[1].weight, w0 - LR * (g + MOMENTUM * g))
+    assert torch.equal(ours_opt.state[ours[1].weight]["momentum_buffer"], g)
