@@ -403,3 +403,19 @@ def test_smoke_data_is_learnable(smoke_root):
         acc = (net.eval()(xt).argmax(1) == yt).float().mean().item()
     print(f"smoke test-batch accuracy after 60 steps: {acc:.3f}")
     assert acc > 0.5, acc
+
+
+def test_the_holdout_of_a_seed_is_the_same_in_every_version():
+    """--resume and `lib.predict --evaluate` rebuild a run's hold-out from (fraction, seed): the indices are pinned
+    (this version's own draw), so that another version cannot validate a run on other images unnoticed."""
+    labels = np.arange(100) % 10
+    assert stratified_holdout(labels, 0.1, seed=0)[1].tolist() == [14, 21, 27, 40, 43, 45, 52, 66, 68, 69]
+    assert stratified_holdout(labels, 0.1)[1].tolist() == stratified_holdout(labels, 0.1, seed=0)[1].tolist()
+    assert stratified_holdout(labels, 0.2, seed=7)[1].tolist() == [12, 13, 26, 29, 30, 32, 41, 44, 45, 49, 63, 70,
+                                                                   76, 78, 85, 87, 88, 91, 94, 97]
+
+
+def test_a_holdout_that_rounds_to_nothing_is_refused():
+    """0.01 of 2 images per class rounds to 0 held out: an empty validation split, refused with the numbers."""
+    with pytest.raises(ValueError, match=r"holdout fraction 0.01 of 20 images leaves an empty split"):
+        stratified_holdout(np.arange(20) % 10, 0.01)

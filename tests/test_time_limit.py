@@ -50,3 +50,24 @@ def test_first_slow_steps_are_not_extrapolated(smoke_root, tmp_path, monkeypatch
     summary = train(cfg)
     assert summary["epochs_done"] == epochs_done
     assert summary["history"][0]["epoch_seconds"] > len(slow_steps & {1, 2, 3, 4, 5}) * DELAY  # the delay counted
+
+
+def test_the_time_limit_decision_by_hand():
+    """The next epoch runs when the time gone plus 1.05 times its prediction fits the limit, to the second."""
+    from lib.guard.stopping import out_of_time
+
+    assert out_of_time(1, 18, 40) is None  # 18 s + 42 s = 60 s: fits exactly
+    assert out_of_time(1, 0, 57.5) is not None  # 60.375 s > 1 minute
+    assert out_of_time(1, 0, 57) is None  # 59.85 s
+    why = out_of_time(2, 90, 40)  # 90 + 42 > 120
+    assert why == "--time-limit 2 minutes: 1.5 minutes gone, the next epoch (about 40 s) would not fit"
+
+
+def test_a_first_epochs_compiling_steps_count_as_steady_ones():
+    """Epoch 1 took 100 s, of which its 10 steps 65 s: the first 3 (compiling) 30 s, the other 7 35 s, 5 s each. The
+    next epoch: 10 steady steps (50 s) plus the 35 s outside the steps (validation, checkpoint) = 85 s."""
+    from lib.guard.stopping import next_epoch_seconds
+
+    timing = {"start": 1000.0, "warm_at": 1030.0, "warm_step": 3, "steps": 10, "end": 1065.0}
+    assert next_epoch_seconds(100.0, timing) == pytest.approx(85.0)
+    assert next_epoch_seconds(100.0, None) == 100.0 and next_epoch_seconds(100.0, {}) == 100.0
