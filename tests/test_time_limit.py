@@ -71,3 +71,39 @@ def test_a_first_epochs_compiling_steps_count_as_steady_ones():
     timing = {"start": 1000.0, "warm_at": 1030.0, "warm_step": 3, "steps": 10, "end": 1065.0}
     assert next_epoch_seconds(100.0, timing) == pytest.approx(85.0)
     assert next_epoch_seconds(100.0, None) == 100.0 and next_epoch_seconds(100.0, {}) == 100.0
+
+
+class OtherRank:
+    """A torchrun Context of rank 0 whose one peer reports ``peer``: max_over_ranks as the all-reduce computes it."""
+
+    active, rank = True, 0
+
+    def __init__(self, *peer):
+        self.peer = peer
+
+    def max_over_ranks(self, *values):
+        assert len(values) == len(self.peer)
+        return tuple(max(float(a), float(b)) for a, b in zip(values, self.peer))
+
+
+def test_ranks_agree_on_the_slower_ranks_clock_and_prediction():
+    """Rank 0 has spent 10 s and predicts nothing yet; its peer 50 s and 20 s: both decide on 50 + 1.05 x 20 > 60."""
+    from lib.guard.stopping import stop_before_epoch
+
+    why = stop_before_epoch(1.0, OtherRank(50.0, 20.0, 0), 10.0, None)
+    assert why == "--time-limit 1 minutes: 0.8 minutes gone, the next epoch (about 20 s) would not fit"
+    assert stop_before_epoch(1.0, OtherRank(30.0, -1.0, 0), 10.0, 20.0) is None  # 30 + 21 fits
+    assert stop_before_epoch(None, OtherRank(500.0, 500.0, 0), 10.0, 20.0) is None  # no limit
+
+
+def test_a_signal_or_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    from lib.guard.runlock import Terminated
+    from lib.guard.stopping import DivergedError, check_in, stop_before_epoch
+
+    with pytest.raises(Terminated):  # the peer got SIGTERM (15): this rank stops at the same point
+        stop_before_epoch(None, OtherRank(0.0, -1.0, 15), 1.0, None)
+    with pytest.raises(KeyboardInterrupt):  # the peer's Ctrl-C (2)
+        check_in(OtherRank(0, 2), 1.25, epoch=0, step=50, last_path=tmp_path / "last.pt")
+    with pytest.raises(DivergedError, match=r"loss became non-finite in process 1 at epoch 3, step 100; .* none yet"):
+        check_in(OtherRank(2, 0), 1.25, epoch=2, step=100, last_path=tmp_path / "last.pt")  # peer: rank 1 + 1
+    check_in(OtherRank(0, 0), 1.25, epoch=2, step=100, last_path=tmp_path / "last.pt")  # all well: goes on
