@@ -107,3 +107,44 @@ def test_a_signal_or_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     with pytest.raises(DivergedError, match=r"loss became non-finite in process 1 at epoch 3, step 100; .* none yet"):
         check_in(OtherRank(2, 0), 1.25, epoch=2, step=100, last_path=tmp_path / "last.pt")  # peer: rank 1 + 1
     check_in(OtherRank(0, 0), 1.25, epoch=2, step=100, last_path=tmp_path / "last.pt")  # all well: goes on
+
+
+class RecordingPeer(OtherRank):
+    """OtherRank that also keeps what this rank contributed to each all-reduce."""
+
+    def __init__(self, *peer, rank=0):
+        super().__init__(*peer)
+        self.rank, self.sent = rank, []
+
+    def max_over_ranks(self, *values):
+        self.sent.append(values)
+        return super().max_over_ranks(*values)
+
+
+def test_what_a_rank_contributes_its_own_nan_and_its_own_signal(tmp_path):
+    """A rank with a non-finite loss sends its index + 1 (0: all well), so its peers can name it; a signal this
+    process received under torchrun (recorded, not raised) is sent as its number and stops the rank here too."""
+    import os
+    import signal
+
+    from lib.guard.runlock import Terminated, interrupts_handled
+    from lib.guard.stopping import DivergedError, check_in, stop_before_epoch
+
+    peer = RecordingPeer(0, 0, rank=1)
+    with pytest.raises(DivergedError, match=r"^loss became nan at epoch 1, step 50"):
+        check_in(peer, float("nan"), epoch=0, step=50, last_path=tmp_path / "last.pt")
+    assert peer.sent == [(2, 0)]
+    peer = RecordingPeer(0, 0)  # rank 0's own nan, the peer all well: still stops
+    with pytest.raises(DivergedError, match=r"^loss became nan"):
+        check_in(peer, float("nan"), epoch=0, step=50, last_path=tmp_path / "last.pt")
+    assert peer.sent == [(1, 0)]
+    with interrupts_handled(shared=True):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded only: every rank stops at the next point they all reach
+        peer = RecordingPeer(0, 0)
+        with pytest.raises(Terminated):
+            check_in(peer, 1.0, epoch=0, step=50, last_path=tmp_path / "last.pt")
+        assert peer.sent == [(0, signal.SIGTERM)]
+        peer = RecordingPeer(0.0, -1.0, 0)
+        with pytest.raises(Terminated):
+            stop_before_epoch(None, peer, 3.0, None)
+        assert peer.sent == [(3.0, -1.0, signal.SIGTERM)]
