@@ -419,3 +419,39 @@ def test_a_holdout_that_rounds_to_nothing_is_refused():
     """0.01 of 2 images per class rounds to 0 held out: an empty validation split, refused with the numbers."""
     with pytest.raises(ValueError, match=r"holdout fraction 0.01 of 20 images leaves an empty split"):
         stratified_holdout(np.arange(20) % 10, 0.01)
+
+
+def test_the_subsets_and_holdout_a_run_trains_and_validates_on_are_pinned(smoke_root):
+    """A run's subsets and hold-out are rebuilt from (sizes, fraction, seed) by --resume and `lib.predict --evaluate`:
+    their labels, in order, on the session's smoke data are pinned (this version's draws), the train and the
+    validation subset from their own streams. Leaving out the seed means seed 0, a run's default."""
+    s = load_splits(smoke_root, train_size=20, val_size=10, seed=4)
+    assert s.train_y.tolist() == [9, 6, 4, 6, 5, 8, 4, 7, 0, 3, 5, 2, 0, 1, 2, 9, 8, 7, 1, 3]
+    assert s.val_y.tolist() == [4, 8, 5, 6, 1, 2, 3, 9, 0, 7]
+    held = load_splits(smoke_root, val_source="holdout", seed=3)
+    assert held.val_y[:30].tolist() == [8, 2, 2, 6, 3, 0, 5, 4, 8, 8, 0, 4, 7, 7, 5, 1, 8, 3, 5, 2, 2, 8, 1, 3, 6, 7,
+                                        4, 9, 6, 5]
+    assert "(seed 0)" in load_splits(smoke_root, val_source="holdout").description
+    labels = np.arange(100) % 10
+    assert balanced_subset(labels, 15).tolist() == balanced_subset(labels, 15, seed=0).tolist()
+    assert len(balanced_subset(labels, 1)) == 1  # one image is a subset too
+
+
+def test_split_settings_that_cannot_work_are_named(smoke_root, tmp_path):
+    with pytest.raises(UserError, match=r"^--val-source 'train': expected test or holdout$"):
+        load_splits(smoke_root, val_source="train")
+    with pytest.raises(UserError, match=r"^--holdout-fraction 0.001: holdout fraction 0.001 of 1000 images leaves an"):
+        load_splits(smoke_root, val_source="holdout", holdout_fraction=0.001)  # 100 per class: round(0.1) = 0
+    with pytest.raises(UserError, match=r"no CIFAR-10 found"):  # nothing is downloaded unless asked
+        load_splits(tmp_path / "empty")
+    copy_batches(smoke_root, tmp_path / "no_test", skip=["test_batch"])
+    with pytest.raises(UserError, match=r"use --val-source holdout to validate on a stratified hold-out of the "
+                                        r"training batches$"):
+        load_splits(tmp_path / "no_test")
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32, 4), (32, 32, 3), (0, 32, 32, 3)])
+def test_channel_stats_refuse_what_is_not_a_batch_of_rgb_images(shape):
+    with pytest.raises(ValueError, match=rf"^expected uint8 images \(N, 32, 32, 3\) with N > 0, got uint8 "
+                                         rf"\({', '.join(map(str, shape))}\)$"):
+        channel_stats(np.zeros(shape, np.uint8))

@@ -104,3 +104,11 @@ def test_official_release_is_recognised_by_the_batches_md5(tmp_path, monkeypatch
     assert load_splits(tmp_path / "copy", val_source="holdout").data_official is True
     synthetic = write_smoke_dataset(tmp_path / "smoke", per_batch=20, test_count=20, kaggle_count=10)
     assert load_splits(synthetic.parent).data_official is None
+
+
+def test_a_run_asking_for_download_gets_it(tmp_path, monkeypatch):
+    """load_splits (what lib.train calls with --download) passes the request on: a new folder is filled."""
+    archive, md5 = make_archive(tmp_path)
+    serve(monkeypatch, archive, md5)
+    splits = load_splits(tmp_path / "dl", download=True)
+    assert len(splits.train_y) == 100 and (tmp_path / "dl" / BATCH_DIR / "data_batch_5").is_file()
