@@ -418,6 +418,8 @@ def test_predict_proba_uses_flip_tta_unless_told_not_to():
     p = predict_proba(LeftMinusRight(), img, [0.5] * 3, [0.5] * 3)
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     assert p[0, 0] == pytest.approx((sig(5) + sig(-3)) / 2, rel=1e-5)
+    none = predict_proba(LeftMinusRight(), img[:0], [0.5] * 3, [0.5] * 3)  # no images: float32 like the rest
+    assert none.shape == (0, 2) and none.dtype == np.float32
 
 # ------------------------------------------------------------------------------------------- Figure 1, Table 1
 def real_run(run_dir, model, val_accs, train_accs):
