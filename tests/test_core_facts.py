@@ -410,6 +410,17 @@ def test_flip_tta_is_the_mean_of_two_softmaxes_by_hand():
     np.testing.assert_allclose(p.sum(1), 1, rtol=1e-6)
 
 
+
+def test_predict_proba_uses_flip_tta_unless_told_not_to():
+    """The report's inference is two-pass: by default the left-white image gets (sig(5) + sig(-3)) / 2."""
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[0, :, :16] = 255
+    p = predict_proba(LeftMinusRight(), img, [0.5] * 3, [0.5] * 3)
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert p[0, 0] == pytest.approx((sig(5) + sig(-3)) / 2, rel=1e-5)
+    none = predict_proba(LeftMinusRight(), img[:0], [0.5] * 3, [0.5] * 3)  # no images: float32 like the rest
+    assert none.shape == (0, 2) and none.dtype == np.float32
+
 # ------------------------------------------------------------------------------------------- Figure 1, Table 1
 def real_run(run_dir, model, val_accs, train_accs):
     """A finished paper-profile run (300 epochs) on official CIFAR-10 as lib.train records it (config.json +

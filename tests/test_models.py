@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from lib.models import (REPORTED, DropBranch, PreActBlock, build_model, count_parameters, count_weight_layers,
-                        list_models, model_summary)
+from lib.models import (REPORTED, BasicBlock, DropBranch, OptionError, PreActBlock, build_model, count_parameters,
+                        count_weight_layers, list_models, model_summary)
 
 NAMES = ["light_resnet18", "light_resnet18_v2", "light_resnet18_v2_b45", "robust_resnet64"]
 
@@ -257,3 +257,174 @@ def test_dropout_only_in_training():
     plain = build_model("robust_resnet64", dropout=0.0, **small)
     plain.load_state_dict(model.state_dict())
     assert torch.equal(_outputs_in(plain, train=False)[0], a)
+
+
+# Table 1 of the report: label, #Params (M) and validation accuracy (%) as printed
+TABLE1 = {"light_resnet18": ("LightResNet18", 2.81, 93.12),
+          "light_resnet18_v2": ("LightResNet18_v2 (base=40)", 4.39, 94.35),
+          "light_resnet18_v2_b45": ("LightResNet18_v2 (base=45)", 5.00, 94.88),
+          "robust_resnet64": ("RobustResNet64", 3.80, 96.93)}
+
+
+def test_model_summary_is_the_whole_table1_row():
+    """Every key of the row, by hand: ResNet-18's 18 weight layers (stem + 4 x 2 x 2 convs + FC), the report's 62."""
+    row = model_summary("light_resnet18")
+    assert row == {"name": "light_resnet18", "label": "LightResNet18", "parameters": 2_811_192, "params_m": 2.81,
+                   "N": 4, "B": 2, "C": "32, 64, 128, 256", "weight_layers": 18, "reported_params_m": 2.81,
+                   "reported_val_acc": 93.12}
+    for name, (label, params_m, val_acc) in TABLE1.items():
+        row = model_summary(build_model(name))  # a model as well as a name
+        assert (row["label"], row["reported_params_m"], row["reported_val_acc"]) == (label, params_m, val_acc)
+    assert model_summary("robust_resnet64")["weight_layers"] == 62
+    small = model_summary("robust_resnet64", base_channels=16, blocks_per_group=2)  # the overrides are applied
+    assert (small["B"], small["C"], small["weight_layers"]) == (2, "16, 32, 64", 14)  # stem + 3 x 2 x 2 + FC
+    assert small["label"] == "RobustResNet64"
+
+
+def test_weight_layers_count_the_se_gates_apart():
+    """light_resnet18: stem + 16 block convs, 1 FC, 3 projections, 8 SE blocks of 2 Linear layers."""
+    assert count_weight_layers(build_model("light_resnet18")) == {"conv": 17, "fc": 1, "shortcut": 3, "se": 16,
+                                                                  "total": 18}
+    assert count_weight_layers(build_model("light_resnet18", se_reduction=0))["se"] == 0
+
+
+def test_a_bad_option_error_carries_the_option_value_and_reason():
+    with pytest.raises(OptionError) as info:
+        build_model("robust_resnet64", dropout=1.5)
+    assert (info.value.option, info.value.value, info.value.why) == ("dropout", 1.5, "must be in [0, 1)")
+    assert str(info.value) == "dropout=1.5: must be in [0, 1)"
+
+
+def test_narrow_models_keep_at_least_one_se_unit():
+    """c // 16 of each block's in-channels (8, 8, 8, 16, 16, 32, 32, 64 at base 8), at least 1."""
+    model = build_model("light_resnet18", base_channels=8)
+    assert [b.se.fc1.out_features for g in model.groups for b in g] == [1, 1, 1, 1, 1, 2, 2, 4]
+
+
+def test_post_activation_blocks_take_se_on_the_output_and_batch_stochastic_depth():
+    """preact=False with the light model's SE and stochastic depth: torchvision's SqueezeExcitation on each block's
+    output, squeeze width max(c // 16, 8) (MobileNetV3's floor), and the notebooks' whole-batch DropBranch."""
+    model = build_model("light_resnet18", preact=False)
+    blocks = [b for g in model.groups for b in g]
+    assert [b.se.fc1.out_channels for b in blocks] == [8, 8, 8, 8, 8, 8, 16, 16]  # widths 32, 32, 64, ... 256
+    assert all(isinstance(b.drop_path, DropBranch) for b in blocks)
+    assert [b.drop_path.p for b in blocks] == pytest.approx([0.0125, 0.025, 0.025, 0.05, 0.0375, 0.075, 0.05, 0.1])
+
+
+def _closed_gate(se):
+    with torch.no_grad():
+        se.fc2.bias.fill_(-1e4)  # sigmoid(-1e4) = 0: the SE gate multiplies its input by zero
+
+
+def test_an_output_se_gate_scales_the_branch_only():
+    """A closed output gate leaves the shortcut alone: x for a pre-activation identity block, relu(x) for a
+    post-activation one (the ReLU after the addition)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    block = PreActBlock(16, 16, se_reduction=4, se_position="output").eval()
+    _closed_gate(block.se)
+    with torch.no_grad():
+        assert torch.equal(block(x), x)
+    post = BasicBlock(16, 16, se_reduction=4).eval()
+    _closed_gate(post.se)
+    with torch.no_grad():
+        assert torch.equal(post(x), torch.relu(x))
+
+
+def test_the_output_se_belongs_to_the_branch():
+    """With a projection shortcut the branch owns conv1, bn2, conv2 and an output SE; bn1 and the projection are
+    shared with the shortcut (and an input SE too)."""
+    out = PreActBlock(16, 32, stride=2, se_reduction=4, se_position="output")
+    names = {id(p): n for n, p in out.named_parameters()}
+    assert sorted(names[id(p)] for p in out.branch_parameters()) == [
+        "bn2.bias", "bn2.weight", "conv1.weight", "conv2.weight", "se.fc1.bias", "se.fc1.weight", "se.fc2.bias",
+        "se.fc2.weight"]
+    inp = PreActBlock(16, 32, stride=2, se_reduction=4, se_position="input")
+    names = {id(p): n for n, p in inp.named_parameters()}
+    assert sorted(names[id(p)] for p in inp.branch_parameters()) == ["bn2.bias", "bn2.weight", "conv1.weight",
+                                                                     "conv2.weight"]
+
+
+def test_a_branch_that_never_drops_draws_no_random_number():
+    """p = 0 (RobustResNet64's blocks) is the identity in training and leaves the global generator alone, so the
+    dropout masks that follow are what they would be without it."""
+    drop = DropBranch(0.0).train()
+    x = torch.randn(4, 3)
+    state = torch.get_rng_state()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_linear_layers_start_centred_at_zero():
+    """N(0, 0.01): the FC's 3,200 weights and an SE Linear's 6,400 average to 0 within 5 standard errors."""
+    torch.manual_seed(0)
+    model = build_model("light_resnet18_v2")
+    for linear in (model.head[-1], model.groups[3][1].se.fc1):
+        w = linear.weight
+        assert abs(w.mean().item()) < 5 * 0.01 / w.numel() ** 0.5
+        assert w.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.parametrize("name, overrides, option, value", [
+    ("light_resnet18", {"base_channels": 16, "widths": [16, 32]}, "base_channels", 16),
+    ("light_resnet18", {"widths": []}, "widths", []),
+    ("light_resnet18", {"widths": "32, 64"}, "widths", "32, 64"),
+    ("light_resnet18", {"widths": [32, 0, 128]}, "widths", [32, 0, 128]),
+    ("light_resnet18", {"num_groups": 0}, "num_groups", 0),
+    ("light_resnet18", {"widths": [8, 16], "num_groups": 3}, "num_groups", 3),
+    ("light_resnet18", {"base_channels": 0}, "base_channels", 0),
+    ("light_resnet18", {"num_classes": 0}, "num_classes", 0),
+    ("light_resnet18", {"kernel_size": 4}, "kernel_size", 4),
+    ("light_resnet18", {"blocks_per_group": 2.5}, "blocks_per_group", 2.5),
+    ("light_resnet18", {"stochastic_depth_rate": 1.5}, "stochastic_depth_rate", 1.5),
+    ("light_resnet18", {"dropout": "0.1"}, "dropout", "0.1"),  # a string, not a number
+    ("light_resnet18", {"dropout": False}, "dropout", False),  # a bool is not a rate
+    ("light_resnet18", {"preact": "yes"}, "preact", "yes"),
+    ("light_resnet18", {"preact": False, "se_position": "input"}, "se_position", "input"),
+    ("light_resnet18", {"se_position": "middle"}, "se_position", "middle"),
+    ("light_resnet18", {"init": "xavier"}, "init", "xavier"),
+    ("robust_resnet64", {"se_reduction": 16}, "se_reduction", 16),
+])
+def test_a_bad_override_names_its_option_and_value(name, overrides, option, value):
+    """What lib.config turns into the CLI's words: --OPTION VALUE: reason."""
+    with pytest.raises(OptionError) as info:
+        build_model(name, **overrides)
+    assert (info.value.option, info.value.value) == (option, value)
+    assert isinstance(info.value.why, str) and info.value.why
+
+
+def test_num_groups_alone_doubles_the_default_base():
+    """num_groups=4 on RobustResNet64 (base 32): 32, 64, 128, 256; num_groups=2: 32, 64."""
+    assert build_model("robust_resnet64", num_groups=4, blocks_per_group=1).config["widths"] == [32, 64, 128, 256]
+    assert build_model("robust_resnet64", num_groups=2, blocks_per_group=1).config["widths"] == [32, 64]
+
+
+def test_a_width_of_one_channel_is_allowed():
+    """"every width must be an integer >= 1": 1 itself builds (and runs)."""
+    model = build_model("light_resnet18", widths=[1, 2], blocks_per_group=1, se_reduction=0)
+    assert model.config["widths"] == [1, 2]
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_each_group_after_the_first_halves_the_feature_map():
+    """Stride 2 entering groups 2 and 3: RobustResNet64's groups output 32x32, 16x16 and 8x8 maps."""
+    model = build_model("robust_resnet64", blocks_per_group=1).eval()
+    shapes = []
+    for group in model.groups:
+        group.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(output.shape)))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert shapes == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8)]
+
+
+def test_the_stochastic_depth_coin_is_not_saved_in_checkpoints():
+    """The coin buffer is per step, not a weight: a state_dict holds no drop_path entry, so checkpoints keep the
+    keys they had before it existed."""
+    assert not [k for k in build_model("light_resnet18").state_dict() if "drop_path" in k]
+
+
+def test_a_post_activation_branch_is_all_but_its_projection():
+    block = BasicBlock(16, 32, stride=2)
+    names = {id(p): n for n, p in block.named_parameters()}
+    assert sorted(names[id(p)] for p in block.branch_parameters()) == [
+        "bn1.bias", "bn1.weight", "bn2.bias", "bn2.weight", "conv1.weight", "conv2.weight"]

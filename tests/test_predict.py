@@ -108,6 +108,15 @@ def test_tta_is_the_mean_of_original_and_flipped_softmax(loaded, smoke_root):
                                (original + flipped) / 2, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("shape, dtype", [((2, 3, 32, 32), np.uint8), ((2, 32, 32, 4), np.uint8),
+                                          ((32, 32, 3), np.uint8), ((2, 32, 32, 3), np.float32)])
+def test_only_uint8_hwc_images_are_predicted(shape, dtype):
+    """(N, 32, 32, 3) uint8, as the Kaggle pickle holds them: CHW, four channels, one image alone or floats are
+    refused before the model sees them."""
+    with pytest.raises(ValueError, match="uint8 images of shape"):
+        predict_proba(torch.nn.Identity(), np.zeros(shape, dtype), [0.5] * 3, [0.5] * 3)
+
 # ----------------------------------------------------------------------------------------- submission CSV
 def test_both_kaggle_layouts_give_the_same_submission(run_dir, smoke_root, tmp_path):
     """N x 3072 rows and N x 32 x 32 x 3 hold the same images: byte-identical CSVs; format and id order."""
@@ -169,6 +178,19 @@ def test_write_submission_checks_labels(tmp_path):
     assert (tmp_path / "c.csv").read_text() == "ID,Labels\na,0\nb,9\n"
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
 
+
+
+@pytest.mark.parametrize("labels", [[-1, 3], [1.0, 2.0], [1.5, 2.0]])
+def test_write_submission_refuses_negative_or_non_integer_labels(labels, tmp_path):
+    with pytest.raises(ValueError, match="0..9"):
+        write_submission([1, 2], np.array(labels), tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_write_submission_to_a_folder_names_it(tmp_path):
+    with pytest.raises(UserError) as info:
+        write_submission([1], [1], tmp_path)
+    assert str(info.value).startswith(f"--out {tmp_path}: ") and "folder" in str(info.value)
 
 # ------------------------------------------------------------------------------------------------ evaluate
 def test_evaluate_matches_the_training_record(run_dir, smoke_root, loaded):

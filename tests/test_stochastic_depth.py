@@ -180,3 +180,23 @@ def test_evaluation_ignores_the_coins():
     x, _ = batch()
     with torch.no_grad():  # ...and all of them kept at evaluation, as without stochastic depth
         assert torch.equal(model.eval()(x), plain.eval()(x))
+
+
+def test_coins_only_for_models_with_stochastic_depth():
+    assert stochastic_depth_coins(build_model("robust_resnet64"), seed=0) is None  # rate 0: every p is 0
+    assert len(stochastic_depth_coins(build_model("light_resnet18"), seed=0)) == 8  # 4 groups x 2 blocks
+
+
+def test_every_dropped_block_loses_its_gradients():
+    """All eight blocks dropped in one step: what keeps a gradient is the stem conv, the final BN and FC, and in
+    each of the 3 projection blocks bn1, the input SE (2 Linear) and the shortcut, shared with the skip path:
+    1 + 2 + 2 + 3 x (2 + 4 + 1) = 26 tensors."""
+    _, model, *_ = setup()
+    coins = stochastic_depth_coins(model, seed=0)
+    coins.keep = lambda step: [False] * len(coins)
+    coins.draw(0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    coins.drop_gradients()
+    assert sum(p.grad is not None for p in model.parameters()) == 26
+    assert all(d.keep.item() == 0.0 for d, _ in coins.blocks)
