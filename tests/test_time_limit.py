@@ -59,8 +59,8 @@ def test_the_time_limit_decision_by_hand():
     assert out_of_time(1, 18, 40) is None  # 18 s + 42 s = 60 s: fits exactly
     assert out_of_time(1, 0, 57.5) is not None  # 60.375 s > 1 minute
     assert out_of_time(1, 0, 57) is None  # 59.85 s
-    why = out_of_time(2, 90, 40)  # 90 + 42 > 120
-    assert why == "--time-limit 2 minutes: 1.5 minutes gone, the next epoch (about 40 s) would not fit"
+    why = out_of_time(2, 100, 40)  # 100 + 42 > 120
+    assert why == "--time-limit 2 minutes: 1.7 minutes gone, the next epoch (about 40 s) would not fit"
 
 
 def test_a_first_epochs_compiling_steps_count_as_steady_ones():
