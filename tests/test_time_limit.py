@@ -148,3 +148,22 @@ def test_what_a_rank_contributes_its_own_nan_and_its_own_signal(tmp_path):
         with pytest.raises(Terminated):
             stop_before_epoch(None, peer, 3.0, None)
         assert peer.sent == [(3.0, -1.0, signal.SIGTERM)]
+
+
+def test_the_agreed_prediction_edges():
+    """Only a prediction sent as -1 means none; any real one, however small, counts, and this rank's own too."""
+    from lib.guard.stopping import out_of_time, stop_before_epoch
+
+    assert stop_before_epoch(1.0, OtherRank(50.0, -1.0, 0), 10.0, 20.0) is not None  # this rank's 20 s: 71 > 60
+    assert stop_before_epoch(1.0, OtherRank(70.0, -1.0, 0), 10.0, None) is None  # nobody predicts: go on
+    assert stop_before_epoch(1.0, OtherRank(59.8, 0.5, 0), 10.0, None) is not None  # 59.8 + 0.525 > 60
+    assert stop_before_epoch(1.0, OtherRank(60.5, 0.0, 0), 10.0, None) is not None  # already past the limit
+    assert out_of_time(2, 60, 40) is None  # 60 + 42 < 120: two minutes are 120 s
+
+
+def test_a_diverged_run_names_its_last_good_checkpoint(tmp_path):
+    from lib.guard.stopping import DivergedError, check_in
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(DivergedError, match=rf"Last good checkpoint: {tmp_path / 'last.pt'}\. Try a lower --lr\.$"):
+        check_in(OtherRank(0, 0), float("inf"), epoch=4, step=7, last_path=tmp_path / "last.pt")
