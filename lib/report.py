@@ -229,6 +229,8 @@ TABLE_NOTE = ("Best / Final Val Acc (%): the highest and the last epoch's valida
               "a single-pass accuracy, epoch 292 of 300 (epoch 300: 96.86); flip TTA was used only for the "
               "Kaggle submission, although the report's text credits it for the 96.93. "
               "#Params, N (groups), B (blocks per group) and C (channels) are computed from lib.models.")
+
+
 def _latex_escape(text: str) -> str:
     """LaTeX's special characters in plain text (Styler escapes the cells, not the caption)."""
     special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
