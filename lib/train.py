@@ -41,6 +41,7 @@ from .recipe import (compile_model, epoch_seed, evaluate, load_optimizer_state, 
 from .scale import distributed
 from .sources.synthetic import ensure_smoke_data
 
+
 def _show_progress(cfg: RunConfig) -> bool:
     """Bars on a terminal or in a notebook (tqdm.auto draws a widget); redirected to a log, one line an epoch.
 
@@ -214,8 +215,6 @@ def _train_held(cfg: RunConfig, model_config: dict[str, Any], device: torch.devi
             print(f"process {ctx.rank}: stopped after epoch {done} of {cfg.epochs} ({why})", file=sys.stderr)
     return {"run_dir": str(run_dir), "best_val_acc": best_val_acc, "epochs_done": done, "history": history,
             "schedule": cfg.schedule_words(done)}
-
-
 
 
 def _train_epoch(cfg, step_model, train_loader, optimizer, scheduler, criterion, scaler, dtype, epoch,
