@@ -1,0 +1,65 @@
+"""The training loop's cadence, seen from outside: when it checks the loss (one host sync every CHECK_FINITE_EVERY
+steps and at an epoch's last step, with the running mean loss and the step's number) and when it draws a progress
+bar. The training step and the evaluation are stand-ins that return chosen numbers, so the expected values are
+worked out by hand and no network is trained."""
+import io
+
+import pytest
+import torch
+
+import lib.train as train_mod
+from lib.config import make_config
+from lib.guard import stopping
+from lib.guard.stopping import CHECK_FINITE_EVERY
+from lib.train import train
+
+
+def tiny(smoke_root, out, **kw):
+    return make_config("smoke", **{"model": "light_resnet18", "base_channels": 8, "progress": False,
+                                   "device": "cpu", "num_workers": 0, "data_dir": str(smoke_root),
+                                   "out": str(out), "val_size": 20, "augment": "none", "mix_prob": 0.0, **kw})
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """train_step: loss 1.0 on odd calls, 2.0 on even ones, nothing right; evaluate: val_acc 0.5."""
+    calls = {"n": 0}
+
+    def fake_step(model, x, soft_y, optimizer, scheduler, *a, **kw):
+        optimizer.step()
+        scheduler.step()
+        calls["n"] += 1
+        return torch.tensor(1.0 if calls["n"] % 2 else 2.0), torch.tensor(0.0), torch.tensor(0)
+
+    monkeypatch.setattr(train_mod, "train_step", fake_step)
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **kw: (1.0, 0.5))
+
+
+def test_the_loss_is_checked_every_50_steps_and_at_the_epochs_end(smoke_root, tmp_path, monkeypatch, stand_ins):
+    assert CHECK_FINITE_EVERY == 50  # the numbers below are worked out for 50
+    seen = []
+    monkeypatch.setattr(stopping, "check_in", lambda ctx, mean_loss, epoch, step, last_path:
+                        seen.append((epoch, step, mean_loss)))
+    # 202 images in batches of 2: 101 steps an epoch; losses 1, 2, 1, 2, ... (the stand-in counts across epochs)
+    train(tiny(smoke_root, tmp_path / "run", train_size=202, batch_size=2, epochs=2))
+    assert [(e, s) for e, s, _ in seen] == [(0, 50), (0, 100), (0, 101), (1, 50), (1, 100), (1, 101)]
+    # epoch 1: steps 1-50 and 1-100 average 1.5; step 101 adds a 1: (150 + 1) / 101
+    # epoch 2 starts on the stand-in's 102nd call (a 2): its 50 and 100 steps still average 1.5, then a 2
+    assert [m for _, _, m in seen] == pytest.approx([1.5, 1.5, 151 / 101, 1.5, 1.5, 152 / 101])
+
+
+def test_no_bar_when_the_log_is_a_file_and_one_on_a_terminal(smoke_root, tmp_path, monkeypatch, stand_ins, capsys):
+    train(tiny(smoke_root, tmp_path / "file", train_size=20, batch_size=10, epochs=1, progress=True))
+    err = capsys.readouterr().err  # pytest's capture: not a terminal
+    assert "it/s]" not in err and "%|" not in err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    train(tiny(smoke_root, tmp_path / "tty", train_size=20, batch_size=10, epochs=1, progress=True))
+    shown = terminal.getvalue()
+    assert "\repoch 1/1:   0%|" in shown and "| 0/2 [" in shown  # the bar over the epoch's two steps
+    assert shown.endswith("\r") and shown.rsplit("\r", 2)[1].strip() == ""  # wiped when the epoch ends
