@@ -5,8 +5,10 @@ import sys
 import types
 
 import pytest
+import torch
 
 import lib.train as train_mod
+from lib.common import UserError
 from lib.config import make_config
 from lib.guard.stopping import DivergedError
 from lib.guard.writes import WriteFailedError
@@ -143,3 +145,23 @@ def test_no_ipython_loaded_means_no_notebook(monkeypatch):
     monkeypatch.delitem(sys.modules, "IPython", raising=False)
     monkeypatch.setattr(sys, "stderr", NotATerminal())
     assert _show_progress(make_config("smoke", progress=True)) is False
+
+
+# ---------------------------------------------------------------------------------------- refused before any file
+def test_cuda_graphs_need_a_cuda_device_and_one_process(tmp_path, monkeypatch):
+    from lib.scale.distributed import Context
+
+    run = tmp_path / "run"
+    cfg = make_config("smoke", compile=True, cuda_graphs=True, device="cpu", out=str(run))
+    with pytest.raises(UserError) as exc:
+        train_mod.train(cfg)
+    assert str(exc.value) == "--cuda-graphs: needs a CUDA device (this run is on cpu)"
+    # on a CUDA device under torchrun (two processes): the same graphs cannot hold DDP's all-reduce
+    monkeypatch.setattr(train_mod, "resolve_device", lambda name: torch.device("cuda"))
+    closed = []
+    monkeypatch.setattr(train_mod.distributed, "setup", lambda device, sync_bn: type(
+        "TwoProcesses", (Context,), {"close": lambda self: closed.append(True)})(world_size=2, active=True))
+    with pytest.raises(UserError) as exc:
+        train_mod.train(cfg)
+    assert str(exc.value) == "--cuda-graphs: one process only (not under torchrun)" and closed == [True]
+    assert not run.exists()  # settings are checked before any file is written
