@@ -3,6 +3,7 @@ steps and at an epoch's last step, with the running mean loss and the step's num
 bar. The training step and the evaluation are stand-ins that return chosen numbers, so the expected values are
 worked out by hand and no network is trained."""
 import io
+import json
 
 import pytest
 import torch
@@ -63,3 +64,15 @@ def test_no_bar_when_the_log_is_a_file_and_one_on_a_terminal(smoke_root, tmp_pat
     shown = terminal.getvalue()
     assert "\repoch 1/1:   0%|" in shown and "| 0/2 [" in shown  # the bar over the epoch's two steps
     assert shown.endswith("\r") and shown.rsplit("\r", 2)[1].strip() == ""  # wiped when the epoch ends
+
+
+def test_the_run_validates_on_val_size_images_and_records_what_it_resolved(smoke_root, tmp_path, monkeypatch,
+                                                                         stand_ins):
+    seen = []
+    monkeypatch.setattr(train_mod, "evaluate", lambda model, loader, dtype: seen.append(len(loader.y)) or (1.0, 0.5))
+    run = tmp_path / "run"
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=1, val_size=30))
+    assert seen == [30]  # --val-size 30: 30 validation images, not the whole test batch
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["n_val"] == 30 and recorded["n_train"] == 20
+    assert recorded["channels_last"] is False and recorded["loader"] == "torchvision"  # resolved for the CPU
