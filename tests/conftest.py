@@ -1,5 +1,6 @@
 """Fixtures every test file shares. Tests run on synthetic smoke data only, never on real CIFAR-10 files."""
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -12,6 +13,17 @@ from lib.sources.synthetic import write_smoke_dataset  # noqa: E402
 
 # CI has 2 cores: 2 threads in one process, or 1 per worker under pytest-xdist (-n 2), so nothing oversubscribes.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+@pytest.fixture
+def free_port():
+    """A TCP port nothing listens on now, for torchrun's --master_port: a fixed number collides when two torchrun
+    tests run at once (pytest-xdist) or another program holds it."""
+    def pick() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick
 
 
 @pytest.fixture(scope="session")

@@ -48,12 +48,12 @@ def history(run_dir):
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def test_two_gloo_processes_match_one_and_resume(smoke_root, tmp_path):
+def test_two_gloo_processes_match_one_and_resume(smoke_root, tmp_path, free_port):
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun(1, one, smoke_root, port=29611)
+    torchrun(1, one, smoke_root, port=free_port())
 
     # 2 processes, stopped with SIGTERM (as a cluster scheduler does) after the first epoch, then resumed
-    proc = torchrun(2, two, smoke_root, port=29612, wait=False)
+    proc = torchrun(2, two, smoke_root, port=free_port(), wait=False)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not (
             (two / "history.csv").exists() and len(history(two)) >= 1):
@@ -61,7 +61,7 @@ def test_two_gloo_processes_match_one_and_resume(smoke_root, tmp_path):
     os.killpg(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=120)
     assert 1 <= len(history(two)) < 3, "the run should have been stopped mid-way"
-    torchrun(2, two, smoke_root, "--resume", port=29613)
+    torchrun(2, two, smoke_root, "--resume", port=free_port())
 
     # one set of files, written by rank 0
     assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == [

@@ -138,12 +138,12 @@ def torchrun(nproc, out, smoke_root, port):
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def test_two_gloo_processes_with_stochastic_depth_match_one(smoke_root, tmp_path):
+def test_two_gloo_processes_with_stochastic_depth_match_one(smoke_root, tmp_path, free_port):
     """The same blocks dropped on both ranks: the two runs compute the same thing, summed in another order.
     Measured on these settings (2 CPU cores): losses within 5e-8 / 4e-7 relative after epochs 1 / 2; with coins
     drawn per rank (the seed offset by the rank) the train loss of epoch 2 differed by 4e-4. Hence 2e-5."""
-    h1 = torchrun(1, tmp_path / "one", smoke_root, port=29631)
-    h2 = torchrun(2, tmp_path / "two", smoke_root, port=29632)
+    h1 = torchrun(1, tmp_path / "one", smoke_root, port=free_port())
+    h2 = torchrun(2, tmp_path / "two", smoke_root, port=free_port())
     assert [r["epoch"] for r in h2] == [1, 2]
     for a, b in zip(h1, h2):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-5)

@@ -42,9 +42,9 @@ def history_epochs(run_dir):
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
-def test_time_limit_stops_every_rank_after_the_same_epoch(smoke_root, tmp_path):
+def test_time_limit_stops_every_rank_after_the_same_epoch(smoke_root, tmp_path, free_port):
     run = tmp_path / "run"
-    code, output, seconds = torchrun(run, smoke_root, "--time-limit", "0.1", port=29631)  # 6 s of training
+    code, output, seconds = torchrun(run, smoke_root, "--time-limit", "0.1", port=free_port())  # 6 s of training
     assert code == 0, output[-3000:]
     assert "Traceback" not in output and "Error" not in output, output[-3000:]
     epochs = history_epochs(run)
@@ -58,11 +58,11 @@ def test_time_limit_stops_every_rank_after_the_same_epoch(smoke_root, tmp_path):
     assert seconds < 120
 
 
-def test_non_finite_loss_in_one_process_stops_both(smoke_root, tmp_path):
+def test_non_finite_loss_in_one_process_stops_both(smoke_root, tmp_path, free_port):
     """Rank 1's loss is NaN at the last step of epoch 2, where the loss is checked: rank 0's own loss there is
     still finite (the NaN reaches its weights only through that step's gradients)."""
     run = tmp_path / "run"
-    code, output, _ = torchrun(run, smoke_root, port=29632, fault="nan:1:8")
+    code, output, _ = torchrun(run, smoke_root, port=free_port(), fault="nan:1:8")
     assert code != 0
     errors = {rank: [line for line in rank_lines(output, rank) if line.startswith("error:")] for rank in (0, 1)}
     assert errors[1] == [f"error: loss became nan at epoch 2, step 4; stopped. Last good checkpoint: "
@@ -75,11 +75,11 @@ def test_non_finite_loss_in_one_process_stops_both(smoke_root, tmp_path):
                                       if v.is_floating_point())
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(smoke_root, tmp_path):
+def test_sigterm_to_one_process_stops_both_at_the_same_step(smoke_root, tmp_path, free_port):
     """Rank 1 alone gets SIGTERM at step 2 of epoch 2; both ranks abandon epoch 2 at its next check (its last
     step) and exit with SIGTERM's code; the run folder keeps epoch 1 and continues with --resume."""
     run = tmp_path / "run"
-    code, output, _ = torchrun(run, smoke_root, port=29633, fault="sigterm:1:6")
+    code, output, _ = torchrun(run, smoke_root, port=free_port(), fault="sigterm:1:6")
     assert code != 0
     for rank in (0, 1):
         lines = rank_lines(output, rank)
@@ -92,6 +92,6 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(smoke_root, tmp_path
         continue_lines[0] and continue_lines[0].endswith("--resume"), output[-3000:]
     assert history_epochs(run) == [1]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    code, output, _ = torchrun(run, smoke_root, "--resume", "--stop-after-epochs", "2", port=29634)
+    code, output, _ = torchrun(run, smoke_root, "--resume", "--stop-after-epochs", "2", port=free_port())
     assert code == 0, output[-3000:]
     assert history_epochs(run) == [1, 2]
