@@ -170,7 +170,7 @@ def test_write_submission_is_atomic(tmp_path, monkeypatch):
 
 
 def test_write_submission_checks_labels(tmp_path):
-    with pytest.raises(ValueError, match="0..9"):
+    with pytest.raises(ValueError, match=r"^labels must be integers in 0\.\.9$"):
         write_submission([1, 2], [3, 10], tmp_path / "a.csv")
     with pytest.raises(ValueError, match="2 ids but 1 labels"):
         write_submission([1, 2], [3], tmp_path / "b.csv")
@@ -182,7 +182,7 @@ def test_write_submission_checks_labels(tmp_path):
 
 @pytest.mark.parametrize("labels", [[-1, 3], [1.0, 2.0], [1.5, 2.0]])
 def test_write_submission_refuses_negative_or_non_integer_labels(labels, tmp_path):
-    with pytest.raises(ValueError, match="0..9"):
+    with pytest.raises(ValueError, match=r"^labels must be integers in 0\.\.9$"):
         write_submission([1, 2], np.array(labels), tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
 
