@@ -76,3 +76,35 @@ def test_the_run_validates_on_val_size_images_and_records_what_it_resolved(smoke
     recorded = json.loads((run / "config.json").read_text())
     assert recorded["n_val"] == 30 and recorded["n_train"] == 20
     assert recorded["channels_last"] is False and recorded["loader"] == "torchvision"  # resolved for the CPU
+    assert recorded["amp_dtype"] is None  # no mixed precision on the CPU: null, not the string "None"
+
+
+def conv_weights(path):
+    state = torch.load(path, weights_only=True)["model"]
+    return [v for v in state.values() if v.dim() == 4]
+
+
+def test_the_model_is_channels_last_only_when_asked_on_the_cpu(smoke_root, tmp_path, stand_ins):
+    """Auto on the CPU: the standard layout (oneDNN's NHWC backward can crash there); --channels-last: NHWC. The
+    checkpoint keeps the layout the model trained in (torch.save keeps strides)."""
+    train(tiny(smoke_root, tmp_path / "auto", train_size=20, batch_size=10, epochs=1))
+    weights = conv_weights(tmp_path / "auto" / "best.pt")
+    assert len(weights) > 10 and all(w.is_contiguous() for w in weights)
+    train(tiny(smoke_root, tmp_path / "nhwc", train_size=20, batch_size=10, epochs=1, channels_last=True))
+    weights = conv_weights(tmp_path / "nhwc" / "best.pt")
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights if w.shape[2:] != (1, 1))
+    assert not all(w.is_contiguous() for w in weights)
+
+
+def test_resume_says_where_it_continues_or_that_nothing_is_left(smoke_root, tmp_path, stand_ins, capsys):
+    run = tmp_path / "run"
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=3, stop_after_epochs=1))
+    capsys.readouterr()
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=3, stop_after_epochs=2, resume=True))
+    out, err = capsys.readouterr()
+    assert f"resuming {run} at epoch 2/3\n" in err and "resuming" not in out
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=3, resume=True))
+    assert f"resuming {run} at epoch 3/3\n" in capsys.readouterr().err
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=3, resume=True))
+    out, err = capsys.readouterr()
+    assert f"{run}: all 3 epochs already done\n" in err and "resuming" not in err + out
