@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lib.common import UserError
-from lib.config import RunConfig, add_config_arguments, load_config, make_config, save_config
+from lib.config import RunConfig, add_config_arguments, fields_of, load_config, make_config, save_config
 
 # option: (accepted values, refused values, the reason printed); the boundaries themselves are in both lists' ends
 EDGES = {
@@ -224,11 +224,24 @@ def test_options_parse_to_the_field_types_and_default_to_unset():
     assert set(vars(unset)) == {f for f in RunConfig.__dataclass_fields__}
 
 
-def test_skipped_options_do_not_exist(capsys):
+def test_skipped_options_do_not_exist_and_the_rest_do(capsys):
     with pytest.raises(SystemExit):
         parser(skip=("out", "resume")).parse_args(["--out", "x"])
     assert "unrecognized arguments: --out x" in capsys.readouterr().err
-    assert "resume" not in vars(parser(skip=("resume",)).parse_args([]))
+    args = vars(parser(skip=("model", "out")).parse_args(["--epochs", "4", "--resume"]))  # after a skipped one
+    assert args["epochs"] == 4 and args["resume"] is True and "model" not in args and "out" not in args
+    assert len(args) == len(RunConfig.__dataclass_fields__) - 2
+
+
+def test_help_gives_each_option_its_own_text():
+    """Each branch (on/off flags, the widths list, typed values): the field's help and the widths' metavar."""
+    text = " ".join(parser().format_help().split())
+    for flag, help_ in [("--amp, --no-amp", "mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 + "
+                                            "GradScaler)"),
+                        ("--widths W1,W2,...", "explicit widths per group, e.g. 45,90,170,340"),
+                        ("--epochs EPOCHS", "epochs of the schedule (the cosine annealing runs over all of them)"),
+                        ("--model MODEL", "architecture name (lib.models.list_models())")]:
+        assert f"{flag} {help_}" in text, flag
 
 
 def test_widths_that_are_not_integers_are_named(capsys):
@@ -244,3 +257,13 @@ def test_options_sit_in_one_help_group_per_kind():
     group = argparse.ArgumentParser().add_argument_group("outer")
     add_config_arguments(group)  # into a group: straight in, no nested groups
     assert {a.dest for a in group._group_actions} >= {"epochs", "model", "device"}
+
+
+def test_fields_of_a_kind_in_definition_order():
+    assert fields_of("data") == ("val_source", "holdout_fraction", "train_size", "val_size")
+    assert fields_of("length", "run") == ("model", "profile", "stop_after_epochs", "time_limit")
+    assert fields_of() == ()
+    with pytest.raises(ValueError) as info:
+        fields_of("data", "zz", "bogus")
+    assert str(info.value) == ("unknown kind(s) ['bogus', 'zz']; expected run, architecture, data, recipe, "
+                               "augmentation, length, numerics, execution")
