@@ -4,6 +4,7 @@ bar. The training step and the evaluation are stand-ins that return chosen numbe
 worked out by hand and no network is trained."""
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -108,3 +109,27 @@ def test_resume_says_where_it_continues_or_that_nothing_is_left(smoke_root, tmp_
     train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=3, resume=True))
     out, err = capsys.readouterr()
     assert f"{run}: all 3 epochs already done\n" in err and "resuming" not in err + out
+
+
+def test_what_a_run_prints_returns_and_hands_each_epoch(smoke_root, tmp_path, stand_ins, capsys):
+    """Two epochs of two steps (losses 1 and 2, nothing right), validation 0.5: the header on stderr, one line per
+    epoch on stdout (lr 0.1, then the cosine's 0.05), each row handed to on_epoch, and what train returns."""
+    run = tmp_path / "run"
+    rows = []
+    result = train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=2), on_epoch=rows.append)
+    out, err = capsys.readouterr()
+    header = err.splitlines()[0]
+    assert header == (f"light_resnet18: 0.18M parameters | synthetic smoke data at {smoke_root / 'cifar-10-batches-py'}; "
+                      f"train 20 (class-balanced subset of 1000, seed 0); val = official test batch, 20 "
+                      f"(class-balanced subset of 500, seed 0) | cpu (torchvision loader, amp=None, "
+                      f"channels_last=False)")
+    assert "torchrun" not in err
+    lines = out.splitlines()
+    assert [re.sub(r"  \d+\.\ds$", "", line) for line in lines] == [
+        "epoch   1/2  lr 0.1000  train_loss 1.5000  train_acc 0.00%  val_loss 1.0000  val_acc 50.00%  best 50.00%",
+        "epoch   2/2  lr 0.0500  train_loss 1.5000  train_acc 0.00%  val_loss 1.0000  val_acc 50.00%  best 50.00%"]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == result["history"]
+    assert rows[1]["lr"] == pytest.approx(0.05) and rows[0]["val_acc"] == 0.5
+    assert rows[0] is not result["history"][0], "on_epoch gets a copy"
+    assert {k: v for k, v in result.items() if k != "history"} == {
+        "run_dir": str(run), "best_val_acc": 0.5, "epochs_done": 2, "schedule": "2 epochs"}
