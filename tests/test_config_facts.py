@@ -86,6 +86,14 @@ def test_a_value_of_the_wrong_type_is_named_before_any_range_check(option, value
     assert str(info.value) == f"--{option.replace('_', '-')} {value!r}: expected {kind}"
 
 
+def test_a_model_name_that_is_not_a_string_is_named_not_looked_up():
+    """A notebook may pass anything: a list (unhashable) as the model is the same one line, not a TypeError."""
+    for model in (["robust_resnet64"], {"name": 1}, 3):
+        with pytest.raises(UserError) as info:
+            make_config("smoke", model=model)
+        assert str(info.value) == f"--model {model!r}: expected str"
+
+
 def test_numbers_of_any_real_type_pass_the_type_check():
     import numpy as np
     cfg = RunConfig(epochs=np.int64(3), lr=np.float32(0.5), momentum=0)  # an int where a float is expected
