@@ -5,6 +5,7 @@ worked out by hand and no network is trained."""
 import io
 import json
 import re
+from datetime import datetime, timezone
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 import lib.train as train_mod
 from lib.config import make_config
 from lib.guard import stopping
+from lib.guard.runlock import Terminated
 from lib.guard.stopping import CHECK_FINITE_EVERY
 from lib.train import train
 
@@ -133,3 +135,43 @@ def test_what_a_run_prints_returns_and_hands_each_epoch(smoke_root, tmp_path, st
     assert rows[0] is not result["history"][0], "on_epoch gets a copy"
     assert {k: v for k, v in result.items() if k != "history"} == {
         "run_dir": str(run), "best_val_acc": 0.5, "epochs_done": 2, "schedule": "2 epochs"}
+
+
+@pytest.mark.parametrize("signal, why", [(KeyboardInterrupt, "interrupted"), (Terminated, "terminated (SIGTERM)")])
+def test_an_interrupted_epoch_is_abandoned_and_said_so(smoke_root, tmp_path, monkeypatch, stand_ins, capsys, signal,
+                                                       why):
+    """Ctrl-C or SIGTERM at epoch 2's first step: the exception goes on (the command's exit code comes from it),
+    the run keeps epoch 1, and stderr says which epoch was abandoned and how to continue."""
+    calls = {"n": 0}
+    fake_step = train_mod.train_step  # the stand-in
+
+    def stopped_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise signal()
+        return fake_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", stopped_at_third_step)
+    run = tmp_path / "run"
+    with pytest.raises(signal):
+        train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=3))
+    assert (f"{why} during epoch 2/3: it is abandoned; {run} keeps epochs 1-1 (last.pt, history.csv). To continue, "
+            f"run again with the same settings and --resume\n") in capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_the_checkpoint_holds_what_resume_reads_and_config_json_when_the_run_began(smoke_root, tmp_path, stand_ins):
+    """last.pt's keys (format 2; no GradScaler on the CPU: scaler None); config.json's started_at, UTC to the
+    second, kept when the run is resumed."""
+    run = tmp_path / "run"
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=2, stop_after_epochs=1))
+    after = datetime.now(timezone.utc)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert set(ckpt) == {"format", "config", "model_config", "normalization", "label_names", "data", "model",
+                         "optimizer", "scheduler", "scaler", "epoch", "best_epoch", "best_val_acc", "history"}
+    assert ckpt["scaler"] is None and ckpt["format"] == 2
+    started = json.loads((run / "config.json").read_text())["started_at"]
+    assert before <= datetime.fromisoformat(started) <= after and started.endswith("+00:00")
+    train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=2, resume=True))
+    assert json.loads((run / "config.json").read_text())["started_at"] == started
