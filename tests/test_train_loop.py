@@ -121,7 +121,8 @@ def test_what_a_run_prints_returns_and_hands_each_epoch(smoke_root, tmp_path, st
     result = train(tiny(smoke_root, run, train_size=20, batch_size=10, epochs=2), on_epoch=rows.append)
     out, err = capsys.readouterr()
     header = err.splitlines()[0]
-    assert header == (f"light_resnet18: 0.18M parameters | synthetic smoke data at {smoke_root / 'cifar-10-batches-py'}; "
+    data = smoke_root / "cifar-10-batches-py"
+    assert header == (f"light_resnet18: 0.18M parameters | synthetic smoke data at {data}; "
                       f"train 20 (class-balanced subset of 1000, seed 0); val = official test batch, 20 "
                       f"(class-balanced subset of 500, seed 0) | cpu (torchvision loader, amp=None, "
                       f"channels_last=False)")
