@@ -501,3 +501,42 @@ def test_committed_runs_written_before_se_reduction_was_0_keep_their_rows():
     assert runs[0].model_config["se_reduction"] is None and runs[0].shortfalls() == ["1 of 300 epochs"]
     table = table1(runs)
     assert len(table) == 4 and row(table, "RobustResNet64")["Source"].endswith("[cpu_robust_resnet64]")
+
+
+def test_placement_and_mode_count_wherever_either_model_has_the_block(tmp_path):
+    """SE placement and stochastic-depth mode compute nothing only where neither the run's model nor the paper's
+    has the block: LightResNet18_v2 with both turned off, or RobustResNet64 with stochastic depth turned on, name
+    them."""
+    off = load_run(fake_run(tmp_path / "v2_off", "light_resnet18_v2", FULL + [0.9], se_reduction=0,
+                            se_position="output", stochastic_depth_rate=0.0, stochastic_depth_mode="row"))
+    assert off.shortfalls() == ["stochastic_depth_rate 0", "se_reduction 0", "se_position output",
+                                "stochastic_depth_mode row"]  # in model_config's order
+    on = load_run(fake_run(tmp_path / "r64_sd", "robust_resnet64", FULL + [0.9], stochastic_depth_rate=0.1,
+                           stochastic_depth_mode="row"))
+    assert on.shortfalls() == ["stochastic_depth_rate 0.1", "stochastic_depth_mode row"]
+
+
+def test_schedule_processes_and_unrecorded_settings_are_named(tmp_path):
+    # 300 epochs of a 400-epoch schedule, then all 400
+    longer = load_run(fake_run(tmp_path / "longer", "robust_resnet64", FULL + [0.9], epochs=400))
+    assert longer.shortfalls() == ["300 epochs (400-epoch schedule, not 300)"]
+    done = load_run(fake_run(tmp_path / "done", "robust_resnet64", FULL + [0.9] * 101))
+    assert done.shortfalls() == ["400 epochs (400-epoch schedule, not 300)"]
+    two = load_run(fake_run(tmp_path / "two", "robust_resnet64", FULL + [0.9], extra={"world_size": 2}))
+    assert two.shortfalls() == ["batch norm per process (2 processes without sync_bn)"]
+    unknown = load_run(fake_run(tmp_path / "unknown", "robust_resnet64", FULL + [0.9], extra={"world_size": None}))
+    assert unknown.shortfalls() == [], "no world_size recorded: one process"
+    run_dir = fake_run(tmp_path / "old", "robust_resnet64", FULL + [0.9])
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["momentum"], config["lr"]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert load_run(run_dir).shortfalls() == ["not recorded: lr, momentum"]
+
+
+def test_a_history_csv_pandas_cannot_parse_is_one_line(tmp_path):
+    run_dir = fake_run(tmp_path / "run", "robust_resnet64", [0.5, 0.6])
+    (run_dir / "history.csv").write_text("epoch,train_acc,val_acc,best_val_acc\n1,0.5,0.5,0.5\n2,0.6,0.6,0.6,9,9\n")
+    with pytest.raises(UserError) as info:
+        load_run(run_dir)
+    assert str(info.value) == (f"{run_dir / 'history.csv'}: not a readable history CSV (Error tokenizing data. "
+                               f"C error: Expected 4 fields in line 3, saw 6)")
