@@ -4,6 +4,7 @@ Nothing here touches a file except the config.json tests."""
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from lib.common import UserError
@@ -95,7 +96,6 @@ def test_a_model_name_that_is_not_a_string_is_named_not_looked_up():
 
 
 def test_numbers_of_any_real_type_pass_the_type_check():
-    import numpy as np
     cfg = RunConfig(epochs=np.int64(3), lr=np.float32(0.5), momentum=0)  # an int where a float is expected
     cfg.validate()
 

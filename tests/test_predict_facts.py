@@ -12,11 +12,12 @@ import torch
 
 import lib.predict
 from lib.augment import eval_transform
-from lib.common import UserError, run_cli
+from lib.common import UserError
 from lib.config import make_config
 from lib.data import load_kaggle_test, load_splits
 from lib.models import build
 from lib.predict import evaluate, main, predict_file, validation_split
+from test_predict import cli  # the in-process CLI call
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
@@ -155,12 +156,6 @@ def test_a_folder_as_out_is_refused_before_the_checkpoint_is_read(tmp_path, smok
 
 
 # ------------------------------------------------------------------------------------------- the command
-def cli(argv, capsys):
-    code = run_cli(main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_evaluate_prints_its_lines_and_warnings(tmp_path, smoke_root, capsys):
     path = tmp_path / "best.pt"
     write_checkpoint(path, smoke_root, data={"source": "cifar10", "n_val": 40}, epoch=12)
